@@ -1,0 +1,67 @@
+"""Coerce and check values at the command-line boundary (Fire parses them as Python literals)."""
+from pathlib import Path
+
+from .errors import CxrError
+
+_TRUE = {"true", "yes", "y", "1", "on"}
+_FALSE = {"false", "no", "n", "0", "off", "none"}
+
+
+def as_bool(value, name):
+    "Fire gives `--x=false` as the string 'false' or bool False: accept both."
+    if isinstance(value, bool): return value
+    if isinstance(value, (int, float)) and value in (0, 1): return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE: return value.strip().lower() in _TRUE
+    raise CxrError(f"--{name} must be true or false, got {value!r}")
+
+
+def as_int(value, name, min_value=None):
+    "An integer (Fire turns '001' into 1 already; strings and floats like 3.0 are accepted)."
+    try:
+        out = int(str(value).strip()) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        out = None
+    if out is None or isinstance(value, bool):
+        raise CxrError(f"--{name} must be an integer, got {value!r}")
+    if min_value is not None and out < min_value:
+        raise CxrError(f"--{name} must be >= {min_value}, got {out}")
+    return out
+
+
+def as_float(value, name, min_value=None, max_value=None):
+    "A float within optional bounds."
+    try:
+        if isinstance(value, bool): raise ValueError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise CxrError(f"--{name} must be a number, got {value!r}") from None
+    if (min_value is not None and out < min_value) or (max_value is not None and out > max_value):
+        raise CxrError(f"--{name} must be in [{min_value}, {max_value}], got {out}")
+    return out
+
+
+def as_list(value, name=None, item=str):
+    "A list from a Fire tuple/list, a comma-separated string, a single value, or None."
+    if value is None or value == "": return []
+    if isinstance(value, (list, tuple)): parts = list(value)
+    else: parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    try:
+        return [item(p) for p in parts]
+    except (TypeError, ValueError):
+        raise CxrError(f"--{name} must be a comma-separated list of {item.__name__}, got {value!r}") from None
+
+
+def as_choice(value, choices, name):
+    "One of `choices` (case-sensitive), with the valid ones listed on error."
+    value = str(value)
+    if value not in choices:
+        raise CxrError(f"--{name} must be one of {', '.join(sorted(choices))}; got {value!r}")
+    return value
+
+
+def as_path(value, name, must_exist=False):
+    "A Path; with must_exist, a clear error naming it when it is not there."
+    if value is None or str(value).strip() == "": raise CxrError(f"{name} is required")
+    path = Path(str(value)).expanduser()
+    if must_exist and not path.exists(): raise CxrError(f"{name} {path} does not exist")
+    return path

@@ -1,0 +1,110 @@
+"""Canonical table + task -> fastai DataBlock / DataLoaders."""
+import os
+
+import numpy as np
+from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, MultiCategoryBlock,
+                               Normalize, PILImage, Resize, ResizeMethod, aug_transforms, imagenet_stats)
+
+from .errors import DataError
+from .images import load_image, to_rgb
+from .table import classes_of, is_multilabel, validate_table
+
+AUG_PRESETS = {
+    "none": {},
+    "cxr": dict(do_flip=False, max_rotate=10.0, max_zoom=1.1, max_lighting=0.2, max_warp=0.0, p_affine=0.75),
+    "cxr-flip": dict(do_flip=True, flip_vert=False, max_rotate=10.0, max_zoom=1.1, max_lighting=0.2, max_warp=0.0),
+    "fastai": dict(),  # fastai's aug_transforms() defaults
+}
+RESIZE_METHODS = {"squish": ResizeMethod.Squish, "pad": ResizeMethod.Pad, "crop": ResizeMethod.Crop}
+
+
+class CxrImage(PILImage):
+    "A PILImage decoded by cxr_fast: any format -> 8-bit grayscale -> 3 identical channels."
+    _cache = None  # set by get_dls to an ImageCache to reuse decoded, resized images
+
+    @classmethod
+    def create(cls, fn, **kwargs):
+        "Decode a path with `images.load_image` (through the cache when one is set)."
+        if isinstance(fn, (str, os.PathLike)):
+            img = cls._cache.get(fn) if cls._cache is not None else load_image(fn)
+            return cls(to_rgb(img))
+        return super().create(fn, **kwargs)
+
+
+def aug_tfms(preset, size):
+    "Batch augmentations for a named preset: chest X-rays get no vertical flips and small affine changes."
+    if preset not in AUG_PRESETS:
+        raise DataError(f"unknown augmentation preset {preset!r}; choose one of: {', '.join(AUG_PRESETS)}")
+    if preset == "none": return []
+    return aug_transforms(size=size, **AUG_PRESETS[preset])
+
+
+def default_num_workers():
+    "Decoding workers: one per spare core (0 on a single core, where workers only add overhead)."
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def cxr_datablock(table, size=224, aug="cxr", resize_method="squish"):
+    "The DataBlock for a canonical table: CategoryBlock (fixed vocab) or MultiCategoryBlock(encoded=True)."
+    classes = classes_of(table)
+    if is_multilabel(table):
+        y_block, get_y = MultiCategoryBlock(encoded=True, vocab=classes), ColReader(classes)
+    else:
+        y_block, get_y = CategoryBlock(vocab=classes), ColReader("label")
+    if resize_method not in RESIZE_METHODS:
+        raise DataError(f"unknown resize method {resize_method!r}; choose one of: {', '.join(RESIZE_METHODS)}")
+    valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
+    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ColReader("path"), get_y=get_y,
+                     splitter=IndexSplitter(valid_idx),
+                     item_tfms=Resize(size, method=RESIZE_METHODS[resize_method]),
+                     batch_tfms=[*aug_tfms(aug, size), Normalize.from_stats(*imagenet_stats)])
+
+
+def train_valid(table):
+    "The train and valid rows, in that order, with a fresh index (what the DataBlock sees)."
+    table = validate_table(table)
+    part = table[table["split"].isin(["train", "valid"])].reset_index(drop=True)
+    for split in ("train", "valid"):
+        if not (part["split"] == split).any():
+            raise DataError(f"the table has no {split} rows; build it with --valid-pct > 0")
+    part.attrs = table.attrs
+    return part
+
+
+def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_workers=None, seed=42,
+            weights=None, cache=None, device=None):
+    """DataLoaders (train, valid) for a canonical table.
+
+    weights: per-train-row sampling weights for weighted oversampling (see training.sampling_weights).
+    cache: an ImageCache reused across epochs and runs (see cache.py)."""
+    part = train_valid(table)
+    dblock = cxr_datablock(part, size, aug, resize_method)
+    CxrImage._cache = cache
+    num_workers = default_num_workers() if num_workers is None else num_workers
+    kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
+    if weights is not None:
+        from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
+        dls = dblock.weighted_dataloaders(part, wgts=np.asarray(weights, dtype=float), **kwargs)
+    else:
+        dls = dblock.dataloaders(part, **kwargs)
+    dls.table = part
+    return dls
+
+
+def test_dl(dls, table, with_labels=True):
+    "A DataLoader over a table's rows (e.g. its test split) with the dls' item and batch transforms."
+    table = table.reset_index(drop=True)
+    if with_labels: return dls.test_dl(table, with_labels=True)
+    return dls.test_dl(table["path"].tolist())
+
+
+def save_show_batch(dls, out_png, max_n=16):
+    "Save `dls.show_batch()` as a PNG (what the `table --show-batch` command writes)."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dls.show_batch(max_n=max_n, figsize=(10, 10))
+    from .table import write_atomic
+    write_atomic(out_png, lambda p: plt.savefig(p, format="png", bbox_inches="tight", dpi=80))
+    plt.close("all")
+    return out_png

@@ -1,0 +1,106 @@
+"""Read every image format the field uses into one form: 8-bit grayscale.
+
+The decision, made once: an X-ray is a single-channel image. Every file (JPEG, PNG of any mode
+and bit depth, DICOM) is decoded to 8-bit grayscale ('L'); models get it replicated to 3 channels
+and normalised with ImageNet statistics, so ImageNet backbones and our own models see the same
+input whatever the file's colour mode was (this also removes one way a model can tell sources apart).
+"""
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+RASTER_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+
+def is_image_file(path):
+    "True when the file name has a suffix cxr_fast can read."
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_dicom_file(path):
+    "True for a `.dcm`-like name, or a file with the DICM magic at byte 128."
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES: return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def scale_to_uint8(arr):
+    "Linearly map an array's own min..max onto 0..255 (a constant image becomes 0)."
+    arr = np.asarray(arr, dtype=np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if hi <= lo: return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_grayscale(img):
+    "Any PIL image -> 'L' 8-bit: 16-bit and float scaled by their range, alpha composited on black."
+    if img.mode == "L": return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(scale_to_uint8(np.asarray(img)), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L")
+
+
+def _open_raster(path, draft_size=None):
+    with Image.open(path) as img:
+        if draft_size is not None and img.format == "JPEG": img.draft("L", draft_size)
+        img.load()  # decode now: a truncated file fails here, with its path
+        return to_grayscale(img)
+
+
+def load_image(path, draft_size=None):
+    """Decode `path` to an 8-bit grayscale PIL image, or raise `DataError` naming the file.
+
+    `draft_size` lets JPEG decoding skip detail below that size (much faster for large files)."""
+    path = Path(path)
+    if not path.is_file(): raise DataError(f"{path}: no such image file")
+    if is_dicom_file(path):
+        from .dicom import read_dicom_image
+        return read_dicom_image(path)
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        raise DataError(f"{path}: unsupported image type {path.suffix!r}; "
+                        f"use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
+    try:
+        return _open_raster(path, draft_size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot decode image ({e}); re-download or remove the file") from None
+
+
+def to_rgb(img):
+    "The 3-channel form models take: the grayscale plane replicated."
+    return img.convert("RGB")
+
+
+def dhash(img, hash_size=16):
+    """Difference hash as `hash_size**2 / 8` bytes, for near-duplicate detection.
+
+    16x16 (256 bits): on the real CoronaHack images exact copies differ by 0 bits and the closest
+    distinct images by 7 or more; the 8x8 hash common elsewhere cannot tell chest X-rays apart."""
+    small = np.asarray(to_grayscale(img).resize((hash_size + 1, hash_size), Image.BILINEAR), dtype=np.int16)
+    return np.packbits(small[:, 1:] > small[:, :-1]).tobytes()
+
+
+def inspect_image(path, want_hash=False):
+    "(problem, hash): problem is None for a readable image; hash is its dhash when asked for."
+    try:
+        img = load_image(path, draft_size=(128, 128))
+    except DataError as e:
+        return str(e), None
+    except Exception as e:  # a decoder bug must not stop a whole table build
+        return f"{path}: cannot decode image ({type(e).__name__}: {e})", None
+    return None, (dhash(img) if want_hash else None)

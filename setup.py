@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("cxr_fast/version.py").read_text(), version)
+
+setup(
+    name="cxr_fast",
+    version=version["__version__"],
+    description="fastai rapid-experiment toolkit for chest X-ray classification (COVID-19, pneumonia, normal)",
+    long_description=Path("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["cxr_fast", "cxr_fast.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.2", "torchvision>=0.17", "fastai>=2.7.15,<2.9", "timm>=0.9", "pandas>=2.0", "numpy>=1.24",
+        "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "fire>=0.5", "kaggle>=1.6",
+        "pydicom>=2.4", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pylibjpeg-libjpeg>=2.0",
+    ],
+    extras_require={"dev": ["pytest>=7"]},
+    entry_points={"console_scripts": ["cxr-fast=cxr_fast.cli:main"]},
+)
