@@ -16,13 +16,11 @@ def as_bool(value, name):
 
 
 def as_int(value, name, min_value=None):
-    "An integer (Fire turns '001' into 1 already; strings and floats like 3.0 are accepted)."
-    try:
-        out = int(str(value).strip()) if not isinstance(value, float) or value.is_integer() else None
-    except (TypeError, ValueError):
-        out = None
-    if out is None or isinstance(value, bool):
+    "An integer (Fire already turns '001' into 1); integral floats like 3.0 and digit strings are accepted."
+    if isinstance(value, float) and value.is_integer(): value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
         raise CxrError(f"--{name} must be an integer, got {value!r}")
+    out = int(str(value).strip())
     if min_value is not None and out < min_value:
         raise CxrError(f"--{name} must be >= {min_value}, got {out}")
     return out

@@ -50,7 +50,7 @@ def cxr_datablock(table, size=224, aug="cxr", resize_method="squish"):
     if is_multilabel(table):
         y_block, get_y = MultiCategoryBlock(encoded=True, vocab=classes), ColReader(classes)
     else:
-        y_block, get_y = CategoryBlock(vocab=classes), ColReader("label")
+        y_block, get_y = CategoryBlock(vocab=classes, sort=False), ColReader("label")  # keep our order
     if resize_method not in RESIZE_METHODS:
         raise DataError(f"unknown resize method {resize_method!r}; choose one of: {', '.join(RESIZE_METHODS)}")
     valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
@@ -84,7 +84,12 @@ def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_worke
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:
         from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
-        dls = dblock.weighted_dataloaders(part, wgts=np.asarray(weights, dtype=float), **kwargs)
+        is_train = (part["split"] == "train").to_numpy()
+        if len(weights) != is_train.sum():
+            raise DataError(f"{len(weights)} sampling weights for {is_train.sum()} train rows")
+        full = np.ones(len(part))
+        full[is_train] = np.asarray(weights, dtype=float)  # fastai indexes the weights by the train split
+        dls = dblock.weighted_dataloaders(part, wgts=full, **kwargs)
     else:
         dls = dblock.dataloaders(part, **kwargs)
     dls.table = part
@@ -96,6 +101,9 @@ def test_dl(dls, table, with_labels=True):
     table = table.reset_index(drop=True)
     if with_labels: return dls.test_dl(table, with_labels=True)
     return dls.test_dl(table["path"].tolist())
+
+
+test_dl.__test__ = False  # not a pytest test, despite its name
 
 
 def save_show_batch(dls, out_png, max_n=16):

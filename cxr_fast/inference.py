@@ -1,0 +1,444 @@
+"""Predict images with a saved model: batched, decoding in parallel with the model, no Learner per image.
+
+    model = cxr_fast.load_model("runs/r18/model")        # a Predictor (safe: no pickle is run)
+    df = model.predict(["a.png", "scans/", "test/*.jpeg"])  # path, pred, p_<class>..., error
+    df = cxr_fast.predict("runs/r18/model", "test/", tta=True, out="preds.csv")
+
+Preprocessing is the training pipeline's valid-time path, reproduced exactly: `images.load_image`
+(any format -> 8-bit grayscale), fastai `Resize(img_size, method)` with its valid-time behaviour
+(squish: a bilinear resize; crop: centre crop; pad: reflection padding), grayscale replicated to 3
+channels, /255, and the model's `normalize` statistics. The resize is done on the grayscale plane
+(bilinear on identical channels gives identical channels), so decoding costs a third of the RGB path.
+
+Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing) that stays
+`prefetch` batches ahead of the model, so decoding overlaps the forward pass; threads rather than
+DataLoader worker processes, so it works the same in notebooks and on any OS, with no pickling.
+"""
+import glob
+import os
+import sys
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .args import as_bool, as_float, as_int
+from .errors import CxrError, DataError, ModelFormatError
+from .images import IMAGE_SUFFIXES, is_dicom_file, load_image
+from .table import write_atomic
+
+MODEL_FILES = ("model.json", "model.pth")
+PICKLE_NAME = "export.pkl"
+GLOB_CHARS = set("*?[")
+DEFAULT_MULTILABEL_THRESHOLD = 0.5
+BF16_TOLERANCE = 0.02  # stated max abs probability difference of bf16 autocast vs fp32 (see bench/bench_inference.py)
+
+# Test-time augmentation views: (zoom, dy, dx) = crop a 1/zoom window whose centre is shifted by (dy, dx)
+# (fractions of the image side) and resize it back to the input size. Mild zoom-ins and shifts only:
+# no flips (a chest X-ray has a side: the heart is on the left) and no rotations (they need padding).
+TTA_VIEWS = (
+    (1.0, 0.0, 0.0),       # the plain image
+    (1.1, 0.0, 0.0),       # centre zoom-in 1.1x (training's max_zoom)
+    (1.05, -0.025, -0.025),  # 1.05x zoom-ins shifted 2.5% towards each corner
+    (1.05, -0.025, 0.025),
+    (1.05, 0.025, -0.025),
+    (1.05, 0.025, 0.025),
+)
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+def _folder_images(folder):
+    "Image files under `folder` (recursive, sorted; hidden files skipped) and the other files found."
+    images, skipped = [], []
+    for p in sorted(Path(folder).rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts): continue
+        if p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)): images.append(str(p))
+        else: skipped.append(str(p))
+    return images, skipped
+
+
+def _csv_paths(csv_path):
+    "The `path` column of a CSV, relative paths resolved against the CSV's folder."
+    try:
+        df = pd.read_csv(csv_path, dtype={"path": str}, keep_default_na=False)
+    except Exception as e:
+        raise CxrError(f"{csv_path}: cannot read CSV ({type(e).__name__}: {e})") from None
+    if "path" not in df.columns:
+        raise CxrError(f"{csv_path}: a CSV of inputs needs a 'path' column; it has {', '.join(map(str, df.columns))}")
+    base = Path(csv_path).parent
+    return [str(p) if Path(p).is_absolute() else str(base / p) for p in df["path"].astype(str)]
+
+
+def collect_inputs(inputs):
+    """(paths, skipped): image paths from files, folders (recursive), globs and CSVs with a `path` column.
+
+    Files named directly are kept whatever their type (an unreadable one gets an error row); in
+    folders, files without an image suffix (or DICM marker) are skipped and returned as `skipped`."""
+    if isinstance(inputs, (str, os.PathLike)): inputs = [inputs]
+    paths, skipped = [], []
+    for item in inputs:
+        item = str(item)
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found, other = _folder_images(path)
+            paths += found
+            skipped += other
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            paths += _csv_paths(path)
+        elif not path.exists() and GLOB_CHARS & set(item):
+            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            if not matches: raise CxrError(f"no files match {item!r}")
+            for m in matches:
+                if Path(m).is_dir():
+                    found, other = _folder_images(m)
+                    paths += found
+                    skipped += other
+                else:
+                    paths.append(m)
+        else:
+            paths.append(str(path))  # a missing file becomes an error row naming it
+    return paths, skipped
+
+
+# ---- preprocessing ------------------------------------------------------------------------
+
+def make_resizer(img_size, resize_method="squish"):
+    "The valid-time fastai `Resize(img_size, method)` as a function of a PIL image."
+    h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+    if resize_method == "squish":  # fastai: crop_pad to the full image (a no-op), then resize with BILINEAR
+        return lambda img: img.resize((w, h), Image.BILINEAR)
+    from fastai.vision.augment import Resize
+    from fastai.vision.core import PILImage
+
+    from .blocks import RESIZE_METHODS
+    if resize_method not in RESIZE_METHODS:
+        raise ModelFormatError(f"unknown resize_method {resize_method!r} in model.json; "
+                               f"one of {', '.join(RESIZE_METHODS)}")
+    tfm = Resize((h, w), method=RESIZE_METHODS[resize_method])
+    # split_idx=1: the valid-time (centred, deterministic) crop/pad; PILImage: fastai keeps the input's type
+    return lambda img: tfm(PILImage(img), split_idx=1)
+
+
+def tta_views(x, views=TTA_VIEWS):
+    "The TTA views of a float batch (N, C, H, W): each a zoomed/shifted crop resized back (bilinear)."
+    import torch.nn.functional as F
+    h, w = x.shape[-2:]
+    out = []
+    for zoom, dy, dx in views:
+        if zoom == 1.0 and dy == 0 and dx == 0:
+            out.append(x)
+            continue
+        ch, cw = round(h / zoom), round(w / zoom)
+        top = min(max(round((h - ch) / 2 + dy * h), 0), h - ch)
+        left = min(max(round((w - cw) / 2 + dx * w), 0), w - cw)
+        crop = x[..., top:top + ch, left:left + cw]
+        out.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
+    return out
+
+
+# ---- the predictor ------------------------------------------------------------------------
+
+def _default_device(device):
+    if device is None: return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _default_workers():
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _locate(model_dir):
+    "(folder, kind): kind 'safe' (model.json + model.pth) or 'pickle' (only export.pkl)."
+    path = Path(model_dir).expanduser()
+    for candidate in (path, path / "model"):
+        if (candidate / "model.json").is_file(): return candidate, "safe"
+    for candidate in (path, path / "model"):
+        if (candidate / PICKLE_NAME).is_file(): return candidate, "pickle"
+    if not path.exists(): raise ModelFormatError(f"model directory {path} does not exist")
+    raise ModelFormatError(f"{path} is not a cxr_fast model directory (no model.json or {PICKLE_NAME} in it "
+                           f"or in {path / 'model'}); give the model/ folder a `train` run wrote")
+
+
+def meta_from_learner(learn):
+    "A model.json-like description of a fastai Learner (for a model loaded from export.pkl)."
+    from fastai.data.transforms import Normalize
+    from fastai.vision.augment import Resize
+
+    from .blocks import RESIZE_METHODS
+    y_tfms = [type(t).__name__ for t in learn.dls.tls[1].tfms.fs] if hasattr(learn.dls, "tls") else []
+    multilabel = any("MultiCategorize" in n for n in y_tfms)
+    resize = next((t for t in learn.dls.after_item.fs if isinstance(t, Resize)), None)
+    norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
+    if resize is None: raise ModelFormatError(f"{PICKLE_NAME}: its DataLoaders have no Resize transform; cannot tell the input size")
+    method = next((k for k, v in RESIZE_METHODS.items() if v == resize.method), "squish")
+    w, h = resize.size
+    mean, std = ((norm.mean.flatten().tolist(), norm.std.flatten().tolist()) if norm is not None
+                 else ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
+    classes = [str(c) for c in learn.dls.vocab]
+    return {"arch": type(learn.model).__name__, "classes": classes, "n_out": len(classes), "multilabel": multilabel,
+            "task": "export.pkl", "img_size": h if h == w else [h, w], "resize_method": method,
+            "normalize": {"mean": mean, "std": std}, "thresholds": {}}
+
+
+class Predictor:
+    "A loaded model plus its preprocessing: `.predict(paths) -> DataFrame` (see the module docstring)."
+
+    def __init__(self, model, meta, device=None, bf16=False, channels_last=False, source=None):
+        self.device = _default_device(device)
+        self.meta, self.source = meta, source
+        self.classes = [str(c) for c in meta["classes"]]
+        self.multilabel = bool(meta["multilabel"])
+        self.thresholds = dict(meta.get("thresholds") or {})
+        self.img_size = meta["img_size"]
+        self.resize = make_resizer(self.img_size, meta.get("resize_method", "squish"))
+        norm = meta["normalize"]
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.bf16, self.channels_last = bool(bf16), bool(channels_last)
+        self.model = model.to(self.device).eval()
+        if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_dir(cls, model_dir, device=None, unsafe_pickle=False, **kwargs):
+        """Load a model dir (or a run dir holding model/). Weights load with weights_only=True; a dir with
+        only fastai's export.pkl loads only with `unsafe_pickle=True` (unpickling runs code from the file)."""
+        from .modelio import load_model_module
+        folder, kind = _locate(model_dir)
+        device = _default_device(device)
+        if kind == "safe":
+            model, meta = load_model_module(folder, device="cpu")  # map_location cpu: GPU-trained models load anywhere
+            return cls(model, meta, device=device, source=str(folder), **kwargs)
+        if not unsafe_pickle:
+            raise ModelFormatError(f"{folder} holds only fastai's {PICKLE_NAME} (no model.json/model.pth); loading a pickle "
+                                   f"runs code stored in it, so it is off by default; pass --unsafe-pickle "
+                                   f"(Python: unsafe_pickle=True) only if you trust the file")
+        from fastai.learner import load_learner
+        warnings.warn(f"loading {folder / PICKLE_NAME} with pickle (--unsafe-pickle): this runs code stored in the file",
+                      stacklevel=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            learn = load_learner(folder / PICKLE_NAME, cpu=True)
+        return cls(learn.model, meta_from_learner(learn), device=device, source=str(folder / PICKLE_NAME), **kwargs)
+
+    # -- preprocessing
+    def load(self, path):
+        "Decode + resize one file: a uint8 tensor (1, H, W), or the error message (str) saying why not."
+        try:
+            img = self.resize(load_image(path))
+            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
+        except DataError as e:
+            return str(e)
+        except Exception as e:  # a decoder bug must not stop the other images
+            return f"{path}: cannot read image ({type(e).__name__}: {e})"
+
+    def to_input(self, x):
+        "A uint8 batch (N, 1 or 3, H, W) -> the normalised float batch the model takes, on the device."
+        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def iter_batches(self, paths, batch_size=32, workers=None, prefetch=2):
+        "Yield lists of (index, uint8 tensor or error str), decoded by `workers` threads `prefetch` batches ahead."
+        workers = _default_workers() if workers is None else int(workers)
+        if workers == 0:
+            for start in range(0, len(paths), batch_size):
+                yield [(i, self.load(paths[i])) for i in range(start, min(start + batch_size, len(paths)))]
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="cxr-decode") as pool:
+            pending, todo = deque(), iter(range(len(paths)))
+
+            def fill():
+                while len(pending) < batch_size * (prefetch + 1):
+                    i = next(todo, None)
+                    if i is None: return
+                    pending.append((i, pool.submit(self.load, paths[i])))
+
+            fill()
+            while pending:
+                batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                fill()
+                yield [(i, f.result()) for i, f in batch]
+
+    # -- the model
+    def activation(self, logits):
+        "Sigmoid per label (multi-label) or softmax over classes."
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+    def forward_proba(self, x, tta=False):
+        "Probabilities (N, C) for a normalised batch; with `tta`, averaged over TTA_VIEWS."
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with torch.inference_mode(), autocast:
+            views = tta_views(x) if tta else [x]
+            if self.channels_last: views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            return torch.stack([self.activation(self.model(v)) for v in views]).mean(0).float().cpu()
+
+    def predict_proba(self, paths, batch_size=32, tta=False, workers=None, gradcam=None):
+        """(probs, errors): probs (N, C) float32 with NaN rows for failed files; errors[i] '' or why file i failed.
+
+        gradcam: a folder to write one heatmap overlay PNG per image into."""
+        paths = [str(p) for p in paths]
+        probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
+        errors = [""] * len(paths)
+        cam_names = _unique_stems(paths) if gradcam is not None else None
+        for batch in self.iter_batches(paths, batch_size, workers):
+            good = [(i, t) for i, t in batch if not isinstance(t, str)]
+            for i, t in batch:
+                if isinstance(t, str): errors[i] = t
+            if not good: continue
+            idx = [i for i, _ in good]
+            x_u8 = torch.stack([t for _, t in good])
+            probs[idx] = self.forward_proba(self.to_input(x_u8), tta=tta).numpy()
+            if gradcam is not None: self.write_gradcams(x_u8, [cam_names[i] for i in idx], gradcam)
+        return probs, errors
+
+    def write_gradcams(self, x_u8, names, folder):
+        "Grad-CAM overlays (PNG) of a uint8 batch, for the predicted class, named `names` in `folder`."
+        from .gradcam import gradcam, overlay
+        folder = Path(folder)
+        with torch.enable_grad():
+            heat = gradcam(self.model, self.to_input(x_u8))
+        for name, img, h in zip(names, x_u8, heat):
+            pil = Image.fromarray(img[0].numpy(), mode="L")
+            write_atomic(folder / f"{name}.png", lambda p, im=overlay(pil, h): im.save(p, format="png"))
+
+    # -- decisions
+    def thresholds_for(self, threshold=None):
+        """Per-class thresholds (multi-label), the positive-class threshold (binary) or None (argmax).
+
+        threshold: a float for every label / the positive class, or {class: t}; overrides model.json."""
+        if self.multilabel:
+            t = {c: float(self.thresholds.get(c, DEFAULT_MULTILABEL_THRESHOLD)) for c in self.classes}
+            if isinstance(threshold, dict):
+                unknown = [k for k in threshold if k not in t]
+                if unknown: raise CxrError(f"--threshold names {unknown}, not among the classes {self.classes}")
+                t.update({k: float(v) for k, v in threshold.items()})
+            elif threshold is not None:
+                t = {c: float(threshold) for c in self.classes}
+            return t
+        if threshold is None: return self.thresholds.get("positive") if len(self.classes) == 2 else None
+        if len(self.classes) != 2:
+            raise CxrError(f"--threshold applies to binary and multi-label models; this one picks one of "
+                           f"{len(self.classes)} classes by the highest probability")
+        if isinstance(threshold, dict):
+            if set(threshold) - {"positive", self.classes[1]}:
+                raise CxrError(f"a binary model takes one threshold, on {self.classes[1]!r}; got {threshold}")
+            threshold = next(iter(threshold.values()))
+        return float(threshold)
+
+    def decide(self, probs, threshold=None):
+        "Predicted class per row (multi-label: ';'-joined labels at or above threshold, 'none' if none; '' for NaN rows)."
+        t = self.thresholds_for(threshold)
+        preds = []
+        for row in probs:
+            if np.isnan(row).any(): preds.append("")
+            elif self.multilabel: preds.append(";".join(c for c, p in zip(self.classes, row) if p >= t[c]) or "none")
+            elif t is not None: preds.append(self.classes[1] if row[1] >= t else self.classes[0])
+            else: preds.append(self.classes[int(np.argmax(row))])
+        return preds
+
+    def predict(self, paths, batch_size=32, tta=False, threshold=None, workers=None, gradcam=None):
+        "A DataFrame: path, pred, p_<class> per class, error ('' when the file was read)."
+        if isinstance(paths, (str, os.PathLike)): paths = [paths]
+        paths = [str(p) for p in paths]
+        self.thresholds_for(threshold)  # fail on a bad threshold before the work
+        probs, errors = self.predict_proba(paths, batch_size, tta, workers, gradcam)
+        df = pd.DataFrame({"path": paths, "pred": self.decide(probs, threshold)})
+        for j, c in enumerate(self.classes): df[f"p_{c}"] = probs[:, j]
+        df["error"] = errors
+        df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source, tta=bool(tta))
+        return df
+
+    def submission(self, df, threshold=None):
+        "Kaggle-style submission of a prediction frame: id (file stem), label; multi-label: id + one 0/1 column per class."
+        ok = df[df["error"] == ""]
+        ids = [Path(p).stem for p in ok["path"]]
+        if not self.multilabel: return pd.DataFrame({"id": ids, "label": ok["pred"].tolist()})
+        t = self.thresholds_for(threshold)
+        sub = pd.DataFrame({"id": ids})
+        for c in self.classes: sub[c] = (ok[f"p_{c}"].to_numpy() >= t[c]).astype(int)
+        return sub
+
+
+def _unique_stems(paths):
+    "File stems, made unique with a counter where two files share one."
+    seen, out = {}, []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        out.append(stem if n == 0 else f"{stem}_{n}")
+    return out
+
+
+# ---- the public function and the command --------------------------------------------------
+
+def predict(model_dir, inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32, submission=None,
+            unsafe_pickle=False, bf16=False, channels_last=False, device=None, workers=None):
+    """Predict images, folders (recursive), globs or CSVs of paths with a model dir (or a loaded Predictor).
+
+    Returns the DataFrame (path, pred, p_<class>..., error); `out` and `submission` also write CSVs."""
+    predictor = model_dir if isinstance(model_dir, Predictor) else Predictor.from_dir(
+        model_dir, device=device, unsafe_pickle=unsafe_pickle, bf16=bf16, channels_last=channels_last)
+    paths, skipped = collect_inputs(inputs)
+    if skipped:
+        print(f"skipped {len(skipped)} non-image file(s) in the input folders, e.g. {skipped[0]}", file=sys.stderr)
+    if not paths: raise CxrError(f"no images found in {inputs}")
+    df = predictor.predict(paths, batch_size=batch_size, tta=tta, threshold=threshold, workers=workers, gradcam=gradcam)
+    if out is not None: write_atomic(out, lambda p: df.to_csv(p, index=False))
+    if submission is not None:
+        sub = predictor.submission(df, threshold)
+        if len(sub) < len(df):
+            print(f"submission {submission}: {len(df) - len(sub)} unreadable image(s) left out", file=sys.stderr)
+        write_atomic(submission, lambda p: sub.to_csv(p, index=False))
+    return df
+
+
+def parse_threshold(value):
+    "--threshold: a number in [0, 1], or 'class=t,class=t' / a dict for per-label thresholds."
+    if value is None: return None
+    if isinstance(value, dict): items = value.items()
+    elif isinstance(value, str) and "=" in value: items = [kv.split("=", 1) for kv in value.split(",") if kv.strip()]
+    else: return as_float(value, "threshold", 0.0, 1.0)
+    return {str(k).strip(): as_float(v, f"threshold {k}", 0.0, 1.0) for k, v in items}
+
+
+def format_predictions(df):
+    "The prediction frame as a readable text table (probabilities to 3 decimals)."
+    show = df.copy()
+    for c in show.columns:
+        if c.startswith("p_"): show[c] = show[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    if (show["error"] == "").all(): show = show.drop(columns="error")
+    return show.to_string(index=False)
+
+
+def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32,
+                    submission=None, unsafe_pickle=False, bf16=False, channels_last=False, device=None, workers=None):
+    """Predict images, folders (recursive), globs, or a CSV with a `path` column.
+
+    Writes path, pred, p_<class>..., error to --out (or prints a table). --tta averages over the plain image
+    and 5 mild zoom/shift views (no flips); --threshold T (or 'class=t,...') overrides model.json's
+    thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
+    heatmap overlays; --bf16 / --channels-last speed up CPU inference; --unsafe-pickle allows loading a
+    fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
+    if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
+    df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=as_bool(tta, "tta"),
+                 threshold=parse_threshold(threshold), batch_size=as_int(batch_size, "batch-size", 1),
+                 submission=submission, unsafe_pickle=as_bool(unsafe_pickle, "unsafe-pickle"),
+                 bf16=as_bool(bf16, "bf16"), channels_last=as_bool(channels_last, "channels-last"),
+                 device=device, workers=None if workers is None else as_int(workers, "workers", 0))
+    n_bad = int((df["error"] != "").sum())
+    if out is None: print(format_predictions(df))
+    else: print(f"wrote {len(df)} predictions to {out}")
+    if submission is not None: print(f"wrote submission to {submission}")
+    if n_bad:
+        print(f"{n_bad} of {len(df)} image(s) could not be read:", file=sys.stderr)
+        for e in df.loc[df["error"] != "", "error"]: print(f"  {e}", file=sys.stderr)
+    return 1 if n_bad else 0

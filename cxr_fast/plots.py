@@ -1,0 +1,147 @@
+"""The evaluation figures, as PNG files: history curves, confusion matrices, ROC curves, image galleries.
+
+Figures are drawn with matplotlib's object API (`matplotlib.figure.Figure`, Agg canvas), so no pyplot
+state or backend is touched, and written atomically with `table.write_atomic`.
+"""
+import numpy as np
+import pandas as pd
+
+from .table import write_atomic
+
+DPI = 100
+
+
+def new_figure(nrows=1, ncols=1, size=(5, 4), **kwargs):
+    "A (Figure, axes array) pair that draws off screen."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def save_figure(fig, path):
+    "Write `fig` as a PNG atomically; returns the path."
+    fig.tight_layout()
+    return write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
+
+
+# ---- history --------------------------------------------------------------------------------
+
+def read_history(path):
+    """fastai CSVLogger history (several stages appended, maybe with repeated headers) as numbers, one
+    row per epoch in order; None when the file is absent or empty."""
+    try:
+        df = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return None
+    if df.empty or "epoch" not in df.columns: return None
+    df = df[df["epoch"].astype(str) != "epoch"].reset_index(drop=True)  # headers written again by appending stages
+    out = pd.DataFrame({"stage": df["stage"].astype(str) if "stage" in df.columns else "fit"})
+    for col in df.columns:
+        if col in ("stage", "time"): continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.notna().any(): out[col] = values.to_numpy()
+    return out if len(out) else None
+
+
+def plot_history(history, path):
+    "Loss (train, valid) and the validation metrics per epoch, all stages in order, stage starts marked."
+    metrics = [c for c in history.columns if c not in ("stage", "epoch", "train_loss", "valid_loss")]
+    fig, axes = new_figure(1, 2, size=(6, 4))
+    x = np.arange(1, len(history) + 1)
+    loss_ax, metric_ax = axes[0]
+    for col in ("train_loss", "valid_loss"):
+        if col in history: loss_ax.plot(x, history[col], marker="o", label=col.replace("_", " "))
+    for col in metrics: metric_ax.plot(x, history[col], marker="o", label=col)
+    starts = np.nonzero(history["stage"].to_numpy()[1:] != history["stage"].to_numpy()[:-1])[0] + 1
+    for ax, title in ((loss_ax, "loss"), (metric_ax, "validation metrics")):
+        for s in starts: ax.axvline(s + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_title(title)
+        if ax.lines: ax.legend(fontsize=8)
+    stages = list(dict.fromkeys(history["stage"]))
+    if len(stages) > 1: fig.suptitle("stages: " + " -> ".join(stages), fontsize=9)
+    return save_figure(fig, path)
+
+
+# ---- confusion matrices and ROC --------------------------------------------------------------
+
+def _matrix(ax, values, labels, title, fmt, xlabel="predicted", ylabel="true", text=None):
+    ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues", vmin=0)
+    ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    top = np.nanmax(values) if np.isfinite(values).any() else 0
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            label = (text[i][j] if text is not None else ("n/a" if not np.isfinite(v) else format(v, fmt)))
+            ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                    color="white" if np.isfinite(v) and top and v > top / 2 else "black")
+
+
+def plot_confusion(counts, labels, path, title=""):
+    "Counts and row-normalised (recall) confusion matrices side by side; rows are the true classes."
+    counts = np.asarray(counts, dtype=float)
+    rows = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(rows > 0, counts / rows, np.nan)
+    fig, axes = new_figure(1, 2, size=(4.5, 4))
+    _matrix(axes[0][0], counts, labels, f"{title} counts", "g")
+    _matrix(axes[0][1], norm, labels, f"{title} normalised by true class", ".2f")
+    return save_figure(fig, path)
+
+
+def plot_confusion_multilabel(matrices, path, title=""):
+    "One 2x2 matrix per label ({label: [[tn, fp], [fn, tp]]}), each cell with its count and row share."
+    n = len(matrices)
+    ncols = min(n, 3)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = new_figure(nrows, ncols, size=(3.2, 3))
+    for ax, (label, m) in zip(axes.flat, matrices.items()):
+        m = np.asarray(m, dtype=float)
+        rows = m.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(rows > 0, m / rows, np.nan)
+        text = [[f"{int(m[i, j])}\n" + ("n/a" if not np.isfinite(share[i, j]) else f"{share[i, j]:.0%}")
+                 for j in range(2)] for i in range(2)]
+        _matrix(ax, m, ["neg", "pos"], f"{title} {label}", "g", text=text)
+    for ax in list(axes.flat)[n:]: ax.axis("off")
+    return save_figure(fig, path)
+
+
+def plot_roc(curves, path, title=""):
+    "ROC curves: {name: (fpr, tpr, auc)}; a class without positives or negatives is listed as n/a."
+    fig, axes = new_figure(1, 1, size=(5, 5))
+    ax = axes[0][0]
+    for name, (fpr, tpr, auc) in curves.items():
+        if fpr is None: ax.plot([], [], label=f"{name} (AUC n/a)")
+        else: ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
+           ylabel="true positive rate (sensitivity)", title=f"ROC {title}".strip())
+    ax.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)
+
+
+# ---- image grids ----------------------------------------------------------------------------
+
+def plot_image_rows(rows, path, title="", thumb=2.0):
+    """A grid of images: `rows` is a list of (row title, [(PIL image, caption), ...]); empty cells stay blank."""
+    ncols = max([len(items) for _, items in rows] + [1])
+    fig, axes = new_figure(len(rows), ncols, size=(thumb, thumb + 0.35))
+    for r, (row_title, items) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values(): side.set_visible(False)
+            if c < len(items):
+                img, caption = items[c]
+                ax.imshow(np.asarray(img), cmap="gray" if img.mode == "L" else None, vmin=0, vmax=255)
+                ax.set_title(caption, fontsize=7)
+            if c == 0: ax.set_ylabel(row_title, fontsize=8)
+    if title: fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
