@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+from PIL import Image
 from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, MultiCategoryBlock,
                                Normalize, PILImage, Resize, ResizeMethod, aug_transforms, imagenet_stats)
 
@@ -20,15 +21,23 @@ RESIZE_METHODS = {"squish": ResizeMethod.Squish, "pad": ResizeMethod.Pad, "crop"
 
 class CxrImage(PILImage):
     "A PILImage decoded by cxr_fast: any format -> 8-bit grayscale -> 3 identical channels."
-    _cache = None  # set by get_dls to an ImageCache to reuse decoded, resized images
 
     @classmethod
     def create(cls, fn, **kwargs):
-        "Decode a path with `images.load_image` (through the cache when one is set)."
-        if isinstance(fn, (str, os.PathLike)):
-            img = cls._cache.get(fn) if cls._cache is not None else load_image(fn)
-            return cls(to_rgb(img))
+        "From a path (decoded by `images.load_image`) or an already decoded grayscale PIL image."
+        if isinstance(fn, (str, os.PathLike)): return cls(to_rgb(load_image(fn)))
+        if isinstance(fn, Image.Image): return cls(to_rgb(fn))
         return super().create(fn, **kwargs)
+
+
+class ReadImage:
+    "get_x: a row's path, or its decoded and resized image from an ImageCache when one is given."
+
+    def __init__(self, cache=None): self.cache = cache
+
+    def __call__(self, row):
+        path = row["path"] if not isinstance(row, (str, os.PathLike)) else row
+        return self.cache.get(path) if self.cache is not None else path
 
 
 def aug_tfms(preset, size):
@@ -44,7 +53,7 @@ def default_num_workers():
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def cxr_datablock(table, size=224, aug="cxr", resize_method="squish"):
+def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None):
     "The DataBlock for a canonical table: CategoryBlock (fixed vocab) or MultiCategoryBlock(encoded=True)."
     classes = classes_of(table)
     if is_multilabel(table):
@@ -54,7 +63,9 @@ def cxr_datablock(table, size=224, aug="cxr", resize_method="squish"):
     if resize_method not in RESIZE_METHODS:
         raise DataError(f"unknown resize method {resize_method!r}; choose one of: {', '.join(RESIZE_METHODS)}")
     valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
-    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ColReader("path"), get_y=get_y,
+    from .cache import make_cache
+    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ReadImage(make_cache(cache, size, resize_method)),
+                     get_y=get_y,
                      splitter=IndexSplitter(valid_idx),
                      item_tfms=Resize(size, method=RESIZE_METHODS[resize_method]),
                      batch_tfms=[*aug_tfms(aug, size), Normalize.from_stats(*imagenet_stats)])
@@ -76,10 +87,10 @@ def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_worke
     """DataLoaders (train, valid) for a canonical table.
 
     weights: per-train-row sampling weights for weighted oversampling (see training.sampling_weights).
-    cache: an ImageCache reused across epochs and runs (see cache.py)."""
+    cache: True (default folder), a folder, or an ImageCache: decoded, resized images reused across
+    epochs and runs (see cache.py); None decodes every image every epoch."""
     part = train_valid(table)
-    dblock = cxr_datablock(part, size, aug, resize_method)
-    CxrImage._cache = cache
+    dblock = cxr_datablock(part, size, aug, resize_method, cache)
     num_workers = default_num_workers() if num_workers is None else num_workers
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:

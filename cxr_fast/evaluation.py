@@ -163,7 +163,7 @@ def single_label_metrics(y, probs, classes, threshold=0.5, groups=None, n_boot=N
     y, probs, n_classes = np.asarray(y, dtype=int), np.asarray(probs, dtype=float), len(classes)
     binary = n_classes == 2
     pos = positive_index(classes) if binary else None
-    pred = (np.where(probs[:, pos] >= threshold, pos, 1 - pos) if binary else probs.argmax(axis=1))
+    pred = single_label_pred(probs, classes, threshold)
     cm = confusion_counts(y, pred, n_classes)
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
     precision, recall = _div(tp, predicted), _div(tp, support)
@@ -271,3 +271,51 @@ def multilabel_metrics(Y, probs, classes, thresholds=None, groups=None, n_boot=N
         out["ci"] = bootstrap_ci(lambda w: multilabel_scores(Y, P, probs, w), groups, n_boot, seed)
         out["ci"]["method"] = ci_method(groups, n_boot, seed)
     return out
+
+
+# ---- predictions ---------------------------------------------------------------------------
+
+def single_label_pred(probs, classes, threshold=0.5):
+    "Decisions: binary, the disease class when its probability >= threshold; multi-class, argmax."
+    if len(classes) != 2: return probs.argmax(axis=1)
+    pos = positive_index(classes)
+    return np.where(probs[:, pos] >= threshold, pos, 1 - pos)
+
+
+def decisions(probs, classes, multilabel, thresholds):
+    "Predicted class indices (N,), or 0/1 decisions (N, C) at the per-label thresholds."
+    if multilabel: return probs >= np.array([thresholds.get(c, 0.5) for c in classes])
+    return single_label_pred(probs, classes, thresholds.get("positive", 0.5))
+
+
+def targets_of(part, classes, multilabel):
+    "Class indices (N,) or 0/1 targets (N, C) of a table's rows, in the order of `classes`."
+    if multilabel: return part[list(classes)].to_numpy().astype(int)
+    index = {c: i for i, c in enumerate(classes)}
+    y = part["label"].astype(str).map(index)
+    if y.isna().any(): raise CxrError(f"labels {sorted(set(part.loc[y.isna(), 'label']))} are not model classes {classes}")
+    return y.to_numpy().astype(int)
+
+
+def learner_probs(learn, part, multilabel):
+    "Probabilities (N, C) of a fastai learner on a table's rows (the loss's activation; softmax/sigmoid without one)."
+    from contextlib import nullcontext
+
+    import torch
+
+    from .blocks import test_dl
+    dl = test_dl(learn.dls, part, with_labels=False)
+    with (learn.no_bar() if hasattr(learn, "no_bar") else nullcontext()):
+        probs, _ = learn.get_preds(dl=dl, with_decoded=False)
+    if getattr(learn.loss_func, "activation", None) is None:  # a plain torch loss: these are logits
+        probs = torch.sigmoid(probs) if multilabel else torch.softmax(probs, dim=1)
+    return probs.float().cpu().numpy()
+
+
+def split_metrics(part, probs, classes, multilabel, thresholds, n_boot=N_BOOT, seed=0):
+    "The metrics dict of one split's rows and probabilities (patient-level bootstrap when patient ids exist)."
+    groups = part["patient_id"].astype(str).to_numpy() if "patient_id" in part.columns else None
+    y = targets_of(part, classes, multilabel)
+    if multilabel: return multilabel_metrics(y, probs, classes, thresholds, groups, n_boot, seed)
+    return single_label_metrics(y, probs, classes, thresholds.get("positive", 0.5), groups, n_boot, seed)
+

@@ -5,6 +5,7 @@ state or backend is touched, and written atomically with `table.write_atomic`.
 """
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .table import write_atomic
 
@@ -145,3 +146,123 @@ def plot_image_rows(rows, path, title="", thumb=2.0):
             if c == 0: ax.set_ylabel(row_title, fontsize=8)
     if title: fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+# ---- the figures of one split ---------------------------------------------------------------
+# y: class indices (N,) or 0/1 targets (N, C); probs (N, C); pred: predicted indices (N,) or 0/1 decisions (N, C)
+
+def roc_curves(y, probs, classes, multilabel):
+    "{class: (fpr, tpr, auc)} one-vs-rest; (None, None, None) for a class without positives or negatives."
+    from sklearn.metrics import roc_auc_score, roc_curve
+    out = {}
+    for c, name in enumerate(classes):
+        t = (y[:, c] == 1) if multilabel else (y == c)
+        if t.all() or not t.any():
+            out[name] = (None, None, None)
+            continue
+        fpr, tpr, _ = roc_curve(t, probs[:, c])
+        out[name] = (fpr, tpr, roc_auc_score(t, probs[:, c]))
+    return out
+
+
+def gallery_picks(y, probs, pred, classes, multilabel, k=4):
+    """{class: (best, worst)} row positions: the most confident correct images of the class, and the
+    most confidently wrong (single-label: of that true class; multi-label: errors on that label)."""
+    out = {}
+    if multilabel:
+        for c, name in enumerate(classes):
+            p, t, call = probs[:, c], y[:, c] == 1, pred[:, c].astype(bool)
+            best, wrong = np.nonzero(t & call)[0], np.nonzero(t != call)[0]
+            out[name] = (best[np.argsort(-p[best], kind="stable")][:k],
+                         wrong[np.argsort(-np.abs(p[wrong] - t[wrong]), kind="stable")][:k])
+        return out
+    conf = probs[np.arange(len(pred)), pred]
+    for c, name in enumerate(classes):
+        best, wrong = np.nonzero((y == c) & (pred == c))[0], np.nonzero((y == c) & (pred != c))[0]
+        out[name] = (best[np.argsort(-conf[best], kind="stable")][:k], wrong[np.argsort(-conf[wrong], kind="stable")][:k])
+    return out
+
+
+def gradcam_picks(y, probs, pred, multilabel, n=8, seed=0):
+    "(worst, sample) row positions: up to n/2 most confidently wrong images, then a seeded random sample of the rest."
+    if multilabel:
+        wrong = np.nonzero((pred.astype(bool) != (y == 1)).any(axis=1))[0]
+        err = np.abs(probs - y).max(axis=1)
+    else:
+        wrong = np.nonzero(pred != y)[0]
+        err = probs[np.arange(len(pred)), pred]
+    worst = wrong[np.argsort(-err[wrong], kind="stable")][: n // 2 if n > 1 else n]
+    rest = np.setdiff1d(np.arange(len(y)), worst)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(rest, size=min(len(rest), n - len(worst)), replace=False))
+    return worst, sample
+
+
+def caption(i, y, probs, pred, classes, multilabel):
+    "A short text for image row `i`: true and predicted classes (single-label: with the probability)."
+    if multilabel:
+        true = ",".join(c for c, v in zip(classes, y[i]) if v) or "none"
+        called = ",".join(c for c, v in zip(classes, pred[i]) if v) or "none"
+        return f"true {true}\npred {called}"
+    return f"true {classes[y[i]]}\npred {classes[pred[i]]} {probs[i, pred[i]]:.2f}"
+
+
+def thumbnail(path, size=160):
+    "The image file as stored (grayscale), shrunk to fit `size`."
+    from .images import load_image
+    img = load_image(path)
+    img.thumbnail((size, size))
+    return img
+
+
+def plot_gallery(part, y, probs, pred, classes, multilabel, path, title="", k=4):
+    "Per class: the k most confident correct images, then the k most confidently wrong ones."
+    rows = []
+    for name, (best, worst) in gallery_picks(y, probs, pred, classes, multilabel, k).items():
+        items = [(thumbnail(part["path"].iloc[i]), "best: " + caption(i, y, probs, pred, classes, multilabel)) for i in best]
+        items += [(Image.new("L", (8, 8), 255), "")] * (k - len(best))
+        items += [(thumbnail(part["path"].iloc[i]), "WRONG: " + caption(i, y, probs, pred, classes, multilabel)) for i in worst]
+        rows.append((name, items))
+    return plot_image_rows(rows, path, title or "most confident correct (left) and most confidently wrong (right)")
+
+
+def model_inputs_as_images(dl, xb):
+    "A batch as the model saw it (resized; normalisation undone) as grayscale PIL images."
+    import torch
+    from fastai.vision.all import Normalize
+    x = xb.detach().as_subclass(torch.Tensor).float().cpu()
+    norm = next((t for t in dl.after_batch.fs if isinstance(t, Normalize)), None)
+    if norm is not None: x = x * norm.std.float().cpu() + norm.mean.float().cpu()
+    arr = (x[:, 0].clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)  # the three channels hold the same gray
+    return [Image.fromarray(a) for a in arr]
+
+
+def gradcam_overlays(model, dls, part, rows, targets):
+    "(input image, Grad-CAM overlay) for rows `rows` of `part`, explaining class `targets[j]` for the j-th."
+    from .blocks import test_dl
+    from .gradcam import gradcam, overlay
+    dl = test_dl(dls, part.iloc[list(rows)], with_labels=False)
+    out, start = [], 0
+    for batch in dl:
+        xb = batch[0]
+        heat = gradcam(model, xb, [int(t) for t in targets[start:start + len(xb)]])
+        out += [(img, overlay(img, h)) for img, h in zip(model_inputs_as_images(dl, xb), heat)]
+        start += len(xb)
+    return out
+
+
+def plot_gradcam(model, dls, part, y, probs, pred, classes, multilabel, path, n=8, seed=0, per_row=4):
+    """Grad-CAM for the predicted class (multi-label: the most probable label) over the most confidently
+    wrong images and a random sample: rows of inputs, each followed by the row of their heatmaps."""
+    worst, sample = gradcam_picks(y, probs, pred, multilabel, n, seed)
+    rows = []
+    for group, picks in (("wrong", worst), ("sample", sample)):
+        if not len(picks): continue
+        pairs = gradcam_overlays(model, dls, part, picks, probs[picks].argmax(axis=1))
+        caps = [caption(i, y, probs, pred, classes, multilabel) for i in picks]
+        for s in range(0, len(picks), per_row):
+            rows.append((f"{group}: input", [(img, cap) for (img, _), cap in zip(pairs[s:s + per_row], caps[s:s + per_row])]))
+            rows.append((f"{group}: Grad-CAM", [(ov, f"explains {classes[int(probs[i].argmax())]}")
+                                                 for (_, ov), i in zip(pairs[s:s + per_row], picks[s:s + per_row])]))
+    if not rows: return None
+    return plot_image_rows(rows, path, "Grad-CAM (red: regions that raise the explained class's score)")
