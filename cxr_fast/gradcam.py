@@ -22,23 +22,34 @@ def model_body(model):
     return model
 
 
+def _pick(found):
+    "From (module, output) pairs in finishing order: the last output larger than 1x1, else the last one."
+    if not found: raise CxrError("Grad-CAM needs a convolutional body: no layer of this model gives a 4-D output")
+    larger = [f for f in found if f[1].shape[-2] * f[1].shape[-1] > 1]
+    return (larger or found)[-1]
+
+
+@contextmanager
+def _record_4d(modules):
+    "Collect (module, output) for every 4-D output of `modules` while the context is open."
+    found = []
+
+    def record(module, inp, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 4: found.append((module, out))
+
+    hooks = [m.register_forward_hook(record) for m in modules]
+    try:
+        yield found
+    finally:
+        for h in hooks: h.remove()
+
+
 def default_layer(model, x):
     """The last module of the body with a 4-D (N, C, h, w) output larger than 1x1 (else the last 4-D one):
     the last conv block for torchvision and timm CNN bodies."""
-    body = model_body(model)
-    found = []  # (module, spatial size) in the order their forward passes finish
-
-    def record(module, inp, out):
-        if isinstance(out, torch.Tensor) and out.dim() == 4: found.append((module, out.shape[-2] * out.shape[-1]))
-
-    hooks = [m.register_forward_hook(record) for m in body.modules()]
-    try:
-        with torch.no_grad(), _eval_mode(model): model(x[:1])
-    finally:
-        for h in hooks: h.remove()
-    if not found: raise CxrError("Grad-CAM needs a convolutional body: no layer of this model gives a 4-D output")
-    larger = [m for m, hw in found if hw > 1]
-    return (larger or [m for m, _ in found])[-1]
+    with _record_4d(model_body(model).modules()) as found, torch.no_grad(), _eval_mode(model):
+        model(x[:1])
+    return _pick(found)[0]
 
 
 @contextmanager
@@ -85,20 +96,14 @@ def gradcam(model, x, target=None, layer=None):
     if x.dim() != 4: raise CxrError(f"Grad-CAM takes a batch (N, 3, H, W), got shape {tuple(x.shape)}")
     device = next(model.parameters()).device
     x = x.detach().clone().to(device)  # a fresh leaf, also when `x` was made under inference_mode
-    layer = layer if layer is not None else default_layer(model, x)
-    store = {}
-    hook = layer.register_forward_hook(lambda m, i, o: store.__setitem__("act", o))
-    try:
-        with torch.inference_mode(False), torch.enable_grad(), _eval_mode(model), _frozen(model):
-            x.requires_grad_(True)  # the graph runs through the input, not through the parameters
-            logits = model(x)
-            if logits.dim() != 2: raise CxrError(f"Grad-CAM needs (N, classes) outputs, got shape {tuple(logits.shape)}")
-            idx = _targets(target, logits)
-            score = logits.gather(1, idx[:, None]).sum()
-            act = store["act"]
-            grad, = torch.autograd.grad(score, act)
-    finally:
-        hook.remove()
+    modules = [layer] if layer is not None else list(model_body(model).modules())
+    with _record_4d(modules) as found, torch.inference_mode(False), torch.enable_grad(), _eval_mode(model), _frozen(model):
+        x.requires_grad_(True)  # the graph runs through the input, not through the parameters
+        logits = model(x)
+        if logits.dim() != 2: raise CxrError(f"Grad-CAM needs (N, classes) outputs, got shape {tuple(logits.shape)}")
+        act = _pick(found)[1]  # one forward pass: the default layer is chosen from what it recorded
+        score = logits.gather(1, _targets(target, logits)[:, None]).sum()
+        grad, = torch.autograd.grad(score, act)
     with torch.no_grad():
         weights = grad.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients: one weight per channel
         cam = F.relu((weights * act).sum(dim=1, keepdim=True))

@@ -93,8 +93,10 @@ def resolve_loss_name(loss, multilabel):
     "'auto' -> 'ce' or 'bce'; a single-label/multi-label mismatch is a one-line error."
     if loss not in LOSSES: raise CxrError(f"--loss must be one of {', '.join(LOSSES)}; got {loss!r}")
     if loss == "auto": return "bce" if multilabel else "ce"
-    if loss == "ce" and multilabel: raise CxrError("--loss ce is for single-label tasks; use bce or focal for multi-label")
-    if loss == "bce" and not multilabel: raise CxrError("--loss bce is for multi-label tasks; use ce or focal for single-label")
+    if loss == "ce" and multilabel:
+        raise CxrError("--loss ce is for single-label tasks; use bce or focal for multi-label")
+    if loss == "bce" and not multilabel:
+        raise CxrError("--loss bce is for multi-label tasks; use ce or focal for single-label")
     return loss
 
 

@@ -37,9 +37,11 @@ def read_history(path):
         return None
     if df.empty or "epoch" not in df.columns: return None
     df = df[df["epoch"].astype(str) != "epoch"].reset_index(drop=True)  # headers written again by appending stages
-    out = pd.DataFrame({"stage": df["stage"].astype(str) if "stage" in df.columns else "fit"})
+    stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("fit", index=df.index)
+    if "trains" in df.columns: stage = stage + " (" + df["trains"].astype(str) + ")"  # training.py: what the stage trained
+    out = pd.DataFrame({"stage": stage})
     for col in df.columns:
-        if col in ("stage", "time"): continue
+        if col in ("stage", "trains", "time"): continue
         values = pd.to_numeric(df[col], errors="coerce")
         if values.notna().any(): out[col] = values.to_numpy()
     return out if len(out) else None
@@ -217,11 +219,13 @@ def thumbnail(path, size=160):
 
 def plot_gallery(part, y, probs, pred, classes, multilabel, path, title="", k=4):
     "Per class: the k most confident correct images, then the k most confidently wrong ones."
+    def cell(i, tag):
+        return thumbnail(part["path"].iloc[i]), tag + caption(i, y, probs, pred, classes, multilabel)
+
     rows = []
     for name, (best, worst) in gallery_picks(y, probs, pred, classes, multilabel, k).items():
-        items = [(thumbnail(part["path"].iloc[i]), "best: " + caption(i, y, probs, pred, classes, multilabel)) for i in best]
-        items += [(Image.new("L", (8, 8), 255), "")] * (k - len(best))
-        items += [(thumbnail(part["path"].iloc[i]), "WRONG: " + caption(i, y, probs, pred, classes, multilabel)) for i in worst]
+        items = [cell(i, "best: ") for i in best] + [(Image.new("L", (8, 8), 255), "")] * (k - len(best))
+        items += [cell(i, "WRONG: ") for i in worst]
         rows.append((name, items))
     return plot_image_rows(rows, path, title or "most confident correct (left) and most confidently wrong (right)")
 
@@ -255,14 +259,15 @@ def plot_gradcam(model, dls, part, y, probs, pred, classes, multilabel, path, n=
     """Grad-CAM for the predicted class (multi-label: the most probable label) over the most confidently
     wrong images and a random sample: rows of inputs, each followed by the row of their heatmaps."""
     worst, sample = gradcam_picks(y, probs, pred, multilabel, n, seed)
+    picks = np.concatenate([worst, sample]).astype(int)
+    if not len(picks): return None
+    targets = probs[picks].argmax(axis=1)
+    pairs = gradcam_overlays(model, dls, part, picks, targets)
     rows = []
-    for group, picks in (("wrong", worst), ("sample", sample)):
-        if not len(picks): continue
-        pairs = gradcam_overlays(model, dls, part, picks, probs[picks].argmax(axis=1))
-        caps = [caption(i, y, probs, pred, classes, multilabel) for i in picks]
-        for s in range(0, len(picks), per_row):
-            rows.append((f"{group}: input", [(img, cap) for (img, _), cap in zip(pairs[s:s + per_row], caps[s:s + per_row])]))
-            rows.append((f"{group}: Grad-CAM", [(ov, f"explains {classes[int(probs[i].argmax())]}")
-                                                 for (_, ov), i in zip(pairs[s:s + per_row], picks[s:s + per_row])]))
-    if not rows: return None
+    for group, start, stop in (("wrong", 0, len(worst)), ("sample", len(worst), len(picks))):
+        for s in range(start, stop, per_row):
+            chunk = range(s, min(s + per_row, stop))
+            rows.append((f"{group}: input",
+                         [(pairs[j][0], caption(picks[j], y, probs, pred, classes, multilabel)) for j in chunk]))
+            rows.append((f"{group}: Grad-CAM", [(pairs[j][1], f"explains {classes[targets[j]]}") for j in chunk]))
     return plot_image_rows(rows, path, "Grad-CAM (red: regions that raise the explained class's score)")

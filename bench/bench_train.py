@@ -1,0 +1,139 @@
+"""One training-throughput case, in its own process (so its peak memory is its own).
+
+    python bench/bench_train.py --case cxr_fast_bf16 --data ../shared/data/darkcovidnet --json out.json
+
+Cases: fastai_plain (ImageDataLoaders.from_folder + vision_learner), cxr_fast_fp32 / cxr_fast_bf16
+(cxr_fast DataBlock with a warm decoded-image cache, num_workers default), bare_fp32 / bare_bf16
+(the training step on ready tensors: the compute limit), and *_data (the data pipeline alone).
+"""
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESNET = "resnet18"
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Timer:
+    "Images/s over the training batches after the first `skip` (warm-up)."
+
+    def __init__(self, skip=1): self.skip, self.n, self.t0, self.count = skip, 0, None, 0
+
+    def batch(self, bs):
+        self.n += 1
+        if self.n == self.skip: self.t0 = time.perf_counter()
+        elif self.n > self.skip: self.count += bs
+
+    def rate(self): return self.count / (time.perf_counter() - self.t0)
+
+
+def fastai_timer_cb(timer, max_batches):
+    from fastai.callback.core import Callback, CancelFitException
+
+    class TimeBatches(Callback):
+        order = 100
+
+        def after_batch(self):
+            if not self.training: return
+            timer.batch(self.learn.xb[0].shape[0])
+            if timer.n >= max_batches: raise CancelFitException()
+    return TimeBatches()
+
+
+def plain_fastai_dls(data, size, bs):
+    from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms
+    return ImageDataLoaders.from_folder(data, valid_pct=0.2, seed=42, item_tfms=Resize(size), bs=bs,
+                                        batch_tfms=aug_transforms(do_flip=False, max_rotate=10, max_warp=0))
+
+
+def cxr_fast_dls(data, size, bs, cache_dir):
+    from cxr_fast.blocks import get_dls
+    from cxr_fast.table import build_table
+    table = build_table("folders", data, "folders", valid_pct=0.2, seed=42, dedup="off")
+    return get_dls(table, size=size, bs=bs, cache=cache_dir)
+
+
+def warm_cache(dls):
+    "Decode every training image once (what the first epoch of a run, or an earlier run, does)."
+    t = time.perf_counter()
+    for _ in dls.train: pass
+    return time.perf_counter() - t
+
+
+def run_fit(dls, bf16, max_batches, plain):
+    from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, vision_learner
+    from cxr_fast.models import build_model
+    from cxr_fast.precision import CpuBF16Autocast
+    timer = Timer()
+    cbs = [fastai_timer_cb(timer, max_batches)] + ([CpuBF16Autocast()] if bf16 else [])
+    if plain:
+        from torchvision.models import resnet18
+        learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
+    else:
+        learn = Learner(dls, build_model(RESNET, dls.c, pretrained=False), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    learn.fit(1, 1e-3, cbs=cbs)
+    return timer.rate()
+
+
+def run_data_only(dls, max_batches):
+    timer = Timer()
+    for xb, _ in dls.train:
+        timer.batch(xb.shape[0])
+        if timer.n >= max_batches: break
+    return timer.rate()
+
+
+def run_bare(size, bs, bf16, steps):
+    from cxr_fast.models import build_model
+    torch.manual_seed(0)
+    model = build_model(RESNET, 3, pretrained=False).train()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 3, (bs,))
+    timer = Timer()
+    for _ in range(steps + 1):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        timer.batch(bs)
+    return timer.rate()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--case", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--bs", type=int, default=32)
+    p.add_argument("--batches", type=int, default=6, help="timed batches + 1 warm-up")
+    p.add_argument("--json", required=True)
+    a = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": torch.get_num_threads()}
+    bf16 = a.case.endswith("bf16")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        if a.case.startswith("bare"):
+            result["img_per_s"] = run_bare(a.size, a.bs, bf16, a.batches)
+        else:
+            plain = a.case.startswith("fastai")
+            dls = plain_fastai_dls(a.data, a.size, a.bs) if plain else cxr_fast_dls(a.data, a.size, a.bs, cache_dir)
+            result["num_workers"] = dls.train.num_workers
+            if a.case.startswith("cxr_fast"): result["cache_fill_s"] = warm_cache(dls)
+            result["img_per_s"] = run_data_only(dls, a.batches + 1) if a.case.endswith("_data") else run_fit(dls, bf16, a.batches + 1, plain)
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(a.json).write_text(json.dumps(result))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
