@@ -7,7 +7,7 @@ from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, 
                                Normalize, PILImage, Resize, ResizeMethod, aug_transforms, imagenet_stats)
 
 from .errors import DataError
-from .images import load_image, to_rgb
+from .images import load_image, preprocess, to_rgb
 from .table import classes_of, is_multilabel, validate_table
 
 AUG_PRESETS = {
@@ -31,13 +31,14 @@ class CxrImage(PILImage):
 
 
 class ReadImage:
-    "get_x: a row's path, or its decoded and resized image from an ImageCache when one is given."
+    "get_x: a row's path, or its decoded (preprocessed, and resized when cached) grayscale image."
 
-    def __init__(self, cache=None): self.cache = cache
+    def __init__(self, cache=None, preprocessing="none"): self.cache, self.preprocessing = cache, preprocessing
 
     def __call__(self, row):
         path = row["path"] if not isinstance(row, (str, os.PathLike)) else row
-        return self.cache.get(path) if self.cache is not None else path
+        if self.cache is not None: return self.cache.get(path)
+        return path if self.preprocessing == "none" else preprocess(load_image(path), self.preprocessing)
 
 
 def aug_tfms(preset, size):
@@ -53,7 +54,7 @@ def default_num_workers():
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None):
+def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None, preprocessing="none"):
     "The DataBlock for a canonical table: CategoryBlock (fixed vocab) or MultiCategoryBlock(encoded=True)."
     classes = classes_of(table)
     if is_multilabel(table):
@@ -64,7 +65,7 @@ def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None
         raise DataError(f"unknown resize method {resize_method!r}; choose one of: {', '.join(RESIZE_METHODS)}")
     valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
     from .cache import make_cache
-    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ReadImage(make_cache(cache, size, resize_method)),
+    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ReadImage(make_cache(cache, size, resize_method, preprocessing), preprocessing),
                      get_y=get_y,
                      splitter=IndexSplitter(valid_idx),
                      item_tfms=Resize(size, method=RESIZE_METHODS[resize_method]),
@@ -83,14 +84,16 @@ def train_valid(table):
 
 
 def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_workers=None, seed=42,
-            weights=None, cache=None, device=None):
+            weights=None, cache=None, device=None, preprocessing="none"):
     """DataLoaders (train, valid) for a canonical table.
 
     weights: per-train-row sampling weights for weighted oversampling (see training.sampling_weights).
     cache: True (default folder), a folder, or an ImageCache: decoded, resized images reused across
-    epochs and runs (see cache.py); None decodes every image every epoch."""
+    epochs and runs (see cache.py); None decodes every image every epoch.
+    preprocessing: a step of images.PREPROCESS ('none', 'equalize') applied before resizing."""
     part = train_valid(table)
-    dblock = cxr_datablock(part, size, aug, resize_method, cache)
+    preprocess(Image.new("L", (1, 1)), preprocessing)  # an unknown name fails here, before any decoding
+    dblock = cxr_datablock(part, size, aug, resize_method, cache, preprocessing)
     num_workers = default_num_workers() if num_workers is None else num_workers
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import load_image
+from .images import load_image, preprocess
 
 CACHE_VERSION = 1  # bump when the decoding in images.py changes what a cached entry holds
 
@@ -43,8 +43,9 @@ def resize_for_cache(img, size, squish=True):
 class ImageCache:
     "Decoded + resized grayscale images on disk, keyed by content, size and resize mode."
 
-    def __init__(self, root=None, size=224, squish=True):
+    def __init__(self, root=None, size=224, squish=True, preprocessing="none"):
         self.root, self.size, self.squish = Path(root or default_cache_dir()), int(size), bool(squish)
+        self.preprocessing = preprocessing
         self._digests = {}
         self.hits = self.misses = 0
 
@@ -53,7 +54,7 @@ class ImageCache:
         st = os.stat(path)
         memo = (str(path), st.st_size, st.st_mtime_ns)
         if memo not in self._digests: self._digests[memo] = file_digest(path)
-        mode = "sq" if self.squish else "ar"
+        mode = ("sq" if self.squish else "ar") + ("" if self.preprocessing == "none" else f"-{self.preprocessing}")
         return f"v{CACHE_VERSION}-{self._digests[memo]}-{self.size}{mode}"
 
     def entry_path(self, key):
@@ -69,7 +70,7 @@ class ImageCache:
         except (FileNotFoundError, ValueError, OSError, EOFError):
             pass  # absent, or a torn file from a killed writer: decode again
         self.misses += 1
-        img = resize_for_cache(load_image(path), self.size, self.squish)
+        img = resize_for_cache(preprocess(load_image(path), self.preprocessing), self.size, self.squish)
         self._store(entry, np.asarray(img))
         return img
 
@@ -85,8 +86,8 @@ class ImageCache:
             if tmp.exists(): tmp.unlink()
 
 
-def make_cache(cache, size, resize_method="squish"):
+def make_cache(cache, size, resize_method="squish", preprocessing="none"):
     "None/False -> no cache; True -> the default folder; a path -> that folder; an ImageCache as is."
     if cache is None or cache is False: return None
     if isinstance(cache, ImageCache): return cache
-    return ImageCache(None if cache is True else cache, size, squish=resize_method == "squish")
+    return ImageCache(None if cache is True else cache, size, squish=resize_method == "squish", preprocessing=preprocessing)

@@ -8,7 +8,7 @@ input whatever the file's colour mode was (this also removes one way a model can
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
 
@@ -79,6 +79,19 @@ def load_image(path, draft_size=None):
         return _open_raster(path, draft_size)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image ({e}); re-download or remove the file") from None
+
+
+PREPROCESS = {  # applied to the full-resolution grayscale image, before resizing, in training and predict alike
+    "none": lambda img: img,
+    "equalize": ImageOps.equalize,  # global histogram equalisation: evens out contrast between sources/devices
+}
+
+
+def preprocess(img, name="none"):
+    "Apply a named preprocessing step (see PREPROCESS) to an 8-bit grayscale image."
+    if name not in PREPROCESS:
+        raise DataError(f"unknown preprocessing {name!r}; choose one of: {', '.join(PREPROCESS)}")
+    return PREPROCESS[name](img)
 
 
 def to_rgb(img):

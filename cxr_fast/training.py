@@ -524,6 +524,8 @@ def resolve_config(c):
     from .blocks import AUG_PRESETS, RESIZE_METHODS
     out["aug"] = as_choice(c["aug"], AUG_PRESETS, "aug")
     out["resize_method"] = as_choice(c["resize_method"], RESIZE_METHODS, "resize-method")
+    from .images import PREPROCESS
+    out["preprocessing"] = as_choice(c["preprocessing"], PREPROCESS, "preprocessing")
     out["class_weights"] = class_weights_option(c["class_weights"])
     out["cache"] = cache_option(c["cache"])
     if out["resume"] and out["overwrite"]: raise CxrError("--resume and --overwrite exclude each other")
@@ -616,6 +618,7 @@ def model_meta(config, table, learn, results):
             "loss_options": {"label_smoothing": config["label_smoothing"], "focal_alpha": config["focal_alpha"],
                              "focal_gamma": config["focal_gamma"], "class_weights": config.get("class_weight_values")},
             "img_size": config["size"], "resize_method": config["resize_method"],
+            "preprocessing": config["preprocessing"],
             "normalize": {"mean": list(imagenet_stats[0]), "std": list(imagenet_stats[1])},
             "thresholds": (results or {}).get("thresholds") or default_thresholds(classes, multilabel),
             "data": {"source": table.attrs.get("source") or config["source"], "task": config["task"],
@@ -631,6 +634,7 @@ def build_learner(config, table, run_dir, cbs=None):
     multilabel = is_multilabel(table)
     dls = get_dls(table, size=config["size"], bs=config["bs"], aug=config["aug"], resize_method=config["resize_method"],
                   num_workers=config["num_workers"], seed=config["seed"], cache=config["cache"] or None,
+                  preprocessing=config["preprocessing"],
                   weights=sampling_weights(table) if config["oversample"] else None)
     loss = make_loss(config["loss"], multilabel, config.get("class_weight_values"), config["label_smoothing"],
                      config["focal_alpha"], config["focal_gamma"])
@@ -660,6 +664,7 @@ def find_lr(learn, config, saved):
 def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out=None, plan=None, epochs=5,
           freeze_epochs=1, lr=2e-3, lr_find=False, pretrained=True, weights=None, hidden=None, dropout=0.5,
           concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=224, aug="cxr", resize_method="squish",
+          preprocessing="none",
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
           train_bn=True, mixed_precision=True, bf16=False, cache=False, export_pkl=False, resume=False,
@@ -682,6 +687,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       opt: adamw (fastai's Adam, decoupled weight decay, wd 0.01), adam (L2, wd 0), sgd (momentum .9, wd 0)
       wd: weight decay; clip: gradient-norm clipping (fastai GradientClip)
       bs, size, aug, resize_method, seed: batch size, image size, augmentation preset, squish/pad/crop, seed
+      preprocessing: none or equalize (histogram equalisation at full resolution, before resizing; saved in
+        model.json so predict does the same)
       loss: auto (ce or bce), ce, bce, focal (focal_alpha, focal_gamma); label_smoothing (ce);
         class_weights: 'auto' (inverse train frequency), a list or {class: weight} (single-label)
       subsample_majority: keep this fraction of the majority class's train patients; oversample: weighted sampling
@@ -763,7 +770,7 @@ def train_command(source, root, task=None, out=None, **options):
     Options (see `cxr_fast.training.train` for all): --arch, --plan 'head:2@1e-3,all:3@1e-5:1e-3',
     --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
     --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
-    --seed, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
+    --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
     --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --mixed-precision,
     --bf16, --cache, --export-pkl, --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
     --dedup, and the source's own options (e.g. --balance for coronahack).

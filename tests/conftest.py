@@ -18,6 +18,16 @@ def pytest_collection_modifyitems(config, items):
             if not torch.cuda.is_available(): item.add_marker(pytest.mark.skip(reason="no CUDA device"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    "Tiny models on a shared 2-core machine run many times faster on one thread than fighting for two."
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_data():
     return SHARED_DATA

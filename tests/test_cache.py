@@ -65,3 +65,16 @@ def test_dataloaders_with_cache_match_without(tmp_path):
     tdl = cached.test_dl(table.head(2))
     tdl.one_batch()
     assert len(list((tmp_path / "cache").rglob("*.npy"))) >= n_entries  # test_dl reads through the same cache
+
+
+def test_equalize_same_with_and_without_cache(tmp_path):
+    from cxr_fast.images import preprocess
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, size=64, valid_pct=0.3)
+    plain = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize")
+    cached = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize", cache=tmp_path / "c")
+    raw = get_dls(table, size=32, bs=4, num_workers=0, aug="none")
+    a, b, c = (d.valid.one_batch()[0] for d in (plain, cached, raw))
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c, atol=1e-3)
+    img = load_image(table["path"][0])
+    eq = np.asarray(preprocess(img, "equalize"))
+    assert eq.min() == 0 and eq.max() == 255
