@@ -94,7 +94,8 @@ def decode_first_frame(ds, path):
         reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the plugins said
         hint = f" (if it is intact, update the decoders: {DECODER_HINT})" if uid.is_compressed else ""
         raise DataError(f"{path}: cannot decode pixel data with transfer syntax {describe_syntax(uid)} "
-                        f"({reason}); the file may be corrupt or truncated: re-download it or remove it{hint}") from None
+                        f"({reason}); the file may be corrupt or truncated: re-download it or remove it"
+                        f"{hint}") from None
 
 
 def to_gray(arr):
