@@ -113,8 +113,7 @@ def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_worke
 def test_dl(dls, table, with_labels=True):
     "A DataLoader over a table's rows (e.g. its test split) with the dls' item and batch transforms."
     table = table.reset_index(drop=True)
-    if with_labels: return dls.test_dl(table, with_labels=True)
-    return dls.test_dl(table["path"].tolist())
+    return dls.test_dl(table, with_labels=with_labels)  # rows, as the DataBlock's get_x reads them
 
 
 test_dl.__test__ = False  # not a pytest test, despite its name

@@ -98,14 +98,15 @@ def format_list(recipes):
 # ---- arguments -------------------------------------------------------------------------------
 
 def coerce(name, value, default):
-    "A command-line value as the type of the parameter's default (None default: as given)."
+    "A command-line value as the type of the parameter's default (None, or a None default: as given)."
     flag = name.replace("_", "-")
+    if value is None: return None
     if isinstance(default, bool): return as_bool(value, flag)
     if isinstance(default, int): return as_int(value, flag)
     if isinstance(default, float): return as_float(value, flag)
     if isinstance(default, (list, tuple)):
         return as_list(value, flag, type(default[0]) if default else str)
-    if isinstance(default, str) and value is not None: return str(value)
+    if isinstance(default, str): return str(value)
     return value
 
 

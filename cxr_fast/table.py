@@ -85,7 +85,11 @@ def carve_split(df, pool_mask, name, pct, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        _, held = next(sgkf.split(np.zeros(len(pool)), y, groups=pool["patient_id"].to_numpy()))
+        try:
+            _, held = next(sgkf.split(np.zeros(len(pool)), y, groups=pool["patient_id"].to_numpy()))
+        except ValueError as e:
+            raise DataError(f"cannot split {pct:.0%} off for '{name}' by patient ({e}); "
+                            f"lower --valid-pct/--test-pct or add data") from None
     df = df.copy()
     df.loc[pool.index[held], "split"] = name
     return df

@@ -56,7 +56,7 @@ from .version import __version__
 
 OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is not given
     "adamw": (Adam, 0.01),                                # fastai's default: Adam with decoupled weight decay
-    "adam": (partial(Adam, decoupled_wd=False), 0.0),     # Adam, weight decay as L2 added to the gradient
+    "adam": (partial(Adam, decouple_wd=False), 0.0),     # Adam, weight decay as L2 added to the gradient
     "sgd": (partial(SGD, mom=0.9), 0.0),                  # SGD with momentum 0.9
 }
 STAGE_DEFAULTS = {"pct_start": 0.25, "div": 25.0}  # fit_one_cycle's

@@ -20,7 +20,8 @@ def run(data="data/darkcovidnet", out="runs/densenet121-3class", classes=None, e
     """Feature extraction vs feature extraction + fine-tuning of an ImageNet DenseNet121 on three classes."""
     root = recipes.need_data(data, "darkcovidnet")
     fit = recipes.fit_options(quick, arch="densenet121", bs=bs, size=size, aug=aug, save_best=save_best,
-                              pretrained=pretrained, seed=seed, overwrite=overwrite, resume=resume)
+                              pretrained=pretrained, seed=seed, overwrite=overwrite,
+                              resume=resume, valid_pct=valid_pct, test_pct=test_pct)
     table = recipes.load_data(root, "folders", "3class", quick, classes=classes, valid_pct=valid_pct,
                               test_pct=test_pct, seed=seed)
     epochs, fine_tune_epochs = recipes.epochs(quick, epochs, fine_tune_epochs)

@@ -27,7 +27,8 @@ def run(data="data/coronahack", out="runs/multilabel", archs="resnet18,vgg16", l
     predict (default: the CoronaHack test folder under `data`)."""
     root = recipes.need_data(data, "coronahack")
     fits = {a: recipes.fit_options(quick, arch=a, hidden=[HIDDEN[a]] if a in HIDDEN else None, wd=wd, bs=bs, size=size,
-                                   aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite, resume=resume)
+                                   aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite,
+                                   resume=resume, valid_pct=valid_pct)
             for a in as_list(archs, "archs")}
     table = recipes.load_data(root, "coronahack", "multilabel", quick, valid_pct=valid_pct, seed=seed)
     inputs, _ = collect_inputs([predict_dir or find_image_dirs(root)["TEST"]])

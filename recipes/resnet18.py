@@ -26,7 +26,8 @@ def run(data="data/coronahack", out="runs/resnet18", classes=None, hidden=380, d
     second run trains with the FC; valid_pct: carved by patient when the data has no valid split."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch="resnet18", hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size,
-                              aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite, resume=resume)
+                              aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite,
+                              resume=resume, valid_pct=valid_pct)
     source, task = recipes.binary_source(root)
     table = recipes.load_data(root, source, task, quick, classes=classes, valid_pct=valid_pct, seed=seed)
     names = [n.strip() for n in str(layers).replace("+", ",").split(",") if n.strip()]

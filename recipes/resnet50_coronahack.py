@@ -19,7 +19,8 @@ def run(data="data/coronahack", out="runs/resnet50-coronahack", balance=1 / 22, 
     balance: fraction of Normal patients kept; opt: adamw is fastai's Adam (decoupled weight decay)."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch="resnet50", bs=bs, size=size, aug=aug, clip=clip, wd=wd, opt=opt,
-                              pretrained=pretrained, seed=seed, overwrite=overwrite, resume=resume)
+                              pretrained=pretrained, seed=seed, overwrite=overwrite,
+                              resume=resume, valid_pct=valid_pct, test_pct=0.0)
     table = recipes.load_data(root, "coronahack", "normal-vs-covid", quick, balance=balance, kaggle_split=False,
                               valid_pct=valid_pct, test_pct=0.0, seed=seed)
     head_epochs, all_epochs = recipes.epochs(quick, head_epochs, all_epochs)

@@ -28,7 +28,8 @@ def run(data="data/coronahack", out="runs/vgg16", classes=None, hidden=4300, dro
     patient when the data has no valid split."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch="vgg16", hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size, aug=aug,
-                              pretrained=pretrained, seed=seed, overwrite=overwrite, resume=resume)
+                              pretrained=pretrained, seed=seed, overwrite=overwrite,
+                              resume=resume, valid_pct=valid_pct)
     source, task = recipes.binary_source(root)
     table = recipes.load_data(root, source, task, quick, classes=classes, valid_pct=valid_pct, seed=seed)
     few = [n.strip() for n in str(few_layers).replace("+", ",").split(",") if n.strip()]

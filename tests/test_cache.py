@@ -78,3 +78,11 @@ def test_equalize_same_with_and_without_cache(tmp_path):
     img = load_image(table["path"][0])
     eq = np.asarray(preprocess(img, "equalize"))
     assert eq.min() == 0 and eq.max() == 255
+
+
+def test_test_dl_without_labels_reads_through_the_cache(tmp_path):
+    from cxr_fast.blocks import test_dl
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, size=64, valid_pct=0.3)
+    dls = get_dls(table, size=32, bs=4, num_workers=0, aug="none", cache=tmp_path / "c")
+    x = test_dl(dls, table.head(3), with_labels=False).one_batch()[0]
+    assert x.shape == (3, 3, 32, 32)

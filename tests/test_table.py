@@ -137,3 +137,10 @@ def test_parse_class_map():
     assert parse_class_map("A->X, B->X,C") == {"A": "X", "B": "X", "C": "C"}
     assert parse_class_map(("A", "B->Y")) == {"A": "A", "B": "Y"}
     assert parse_class_map(None) is None
+
+
+def test_too_few_images_to_split_is_a_one_line_error():
+    df = pd.DataFrame({"path": [f"/x/{i}.png" for i in range(12)], "patient_id": [str(i) for i in range(12)],
+                       "label": ["a", "b", "c"] * 4})
+    with pytest.raises(DataError, match="lower --valid-pct/--test-pct"):
+        assign_splits(df, valid_pct=0.05, seed=0)
