@@ -23,7 +23,7 @@ _EXPORTS = {
     "train": "cxr_fast.training", "cxr_learner": "cxr_fast.training",
     "evaluate": "cxr_fast.evaluation", "compare": "cxr_fast.evaluation",
     "load_model": "cxr_fast.modelio", "save_model_dir": "cxr_fast.modelio",
-    "predict": "cxr_fast.inference",
+    "predict": "cxr_fast.inference", "Predictor": "cxr_fast.inference",
     "CxrError": "cxr_fast.errors", "DataError": "cxr_fast.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

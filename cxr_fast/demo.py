@@ -18,7 +18,7 @@ def demo(out="runs/demo", patients_per_class=50, size=96, epochs=8, lr=3e-3, arc
     from .precision import cpu_supports_bf16
     from .training import train
     out = Path(out)
-    table = build_table("phantom", out / "phantoms", "3class", patients_per_class=patients_per_class, size=128,
+    table = build_table("phantom", out / "phantoms", "3class", patients_per_class=patients_per_class, image_size=128,
                         valid_pct=0.2, test_pct=0.2, seed=seed)
     bf16 = cpu_supports_bf16() if bf16 is None else bf16
     return train(table=table, arch=arch, pretrained=False, out=out, epochs=epochs, lr=lr, size=size, bs=16,

@@ -16,27 +16,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import CxrError, DataError
-from .table import classes_of, is_multilabel, write_atomic
+from .table import classes_of, is_multilabel, is_normal_class, positive_index, write_atomic
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
-NORMAL_NAMES = {"normal", "negative", "no_finding", "no_findings", "healthy", "no_pneumonia", "no_covid", "none"}
 N_BOOT = 1000
 CI_LEVEL = 0.95
 
 
 # ---- class roles ----------------------------------------------------------------------------
-
-def is_normal_class(name):
-    "True for the class meaning 'no disease' (Normal, Negative, No_findings, 'Negative for Pneumonia', ...)."
-    name = str(name).strip().lower().replace("-", "_").replace(" ", "_")
-    return name in NORMAL_NAMES or name.startswith("negative_for")
-
-
-def positive_index(classes):
-    "Binary tasks: the index of the disease class (the one that is not Normal/Negative), else the second."
-    disease = [i for i, c in enumerate(classes) if not is_normal_class(c)]
-    return disease[0] if len(classes) == 2 and len(disease) == 1 else 1
-
 
 # ---- weighted counts (W: (B, N) weights, one row per bootstrap resample) ----------------------------
 

@@ -37,7 +37,8 @@ from PIL import Image
 
 from .args import as_bool, as_float, as_int
 from .errors import CxrError, DataError, ModelFormatError
-from .images import IMAGE_SUFFIXES, is_dicom_file, load_image
+from .images import IMAGE_SUFFIXES, is_dicom_file, load_image, preprocess
+from .table import positive_index
 from .table import write_atomic
 
 PICKLE_NAME = "export.pkl"
@@ -204,6 +205,7 @@ class Predictor:
         self.thresholds = dict(meta.get("thresholds") or {})
         self.img_size = meta["img_size"]
         self.resize = make_resizer(self.img_size, meta.get("resize_method", "squish"))
+        self.preprocessing = meta.get("preprocessing", "none")  # as in training: before resizing
         norm = meta["normalize"]
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -237,7 +239,7 @@ class Predictor:
     def load(self, path):
         "Decode + resize one file: a uint8 tensor (1, H, W), or the error message (str) saying why not."
         try:
-            img = self.resize(load_image(path))
+            img = self.resize(preprocess(load_image(path), self.preprocessing))
             return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
         except DataError as e:
             return str(e)
@@ -330,12 +332,13 @@ class Predictor:
                 t = {c: float(threshold) for c in self.classes}
             return t
         if threshold is None: return self.thresholds.get("positive") if len(self.classes) == 2 else None
+        positive = self.classes[positive_index(self.classes)]
         if len(self.classes) != 2:
             raise CxrError(f"--threshold applies to binary and multi-label models; this one picks one of "
                            f"{len(self.classes)} classes by the highest probability")
         if isinstance(threshold, dict):
-            if set(threshold) - {"positive", self.classes[1]}:
-                raise CxrError(f"a binary model takes one threshold, on {self.classes[1]!r}; got {threshold}")
+            if set(threshold) - {"positive", positive}:
+                raise CxrError(f"a binary model takes one threshold, on {positive!r}; got {threshold}")
             threshold = next(iter(threshold.values()))
         return float(threshold)
 
@@ -346,7 +349,9 @@ class Predictor:
         for row in probs:
             if np.isnan(row).any(): preds.append("")
             elif self.multilabel: preds.append(";".join(c for c, p in zip(self.classes, row) if p >= t[c]) or "none")
-            elif t is not None: preds.append(self.classes[1] if row[1] >= t else self.classes[0])
+            elif t is not None:  # binary: the disease class (table.positive_index) when its probability >= t
+                pos = positive_index(self.classes)
+                preds.append(self.classes[pos] if row[pos] >= t else self.classes[1 - pos])
             else: preds.append(self.classes[int(np.argmax(row))])
         return preds
 

@@ -71,7 +71,7 @@ def load_model_module(model_dir, device="cpu"):
     return model.to(device).eval(), meta
 
 
-def load_model(model_dir, device=None, unsafe_pickle=False):
-    "A `Predictor` for a model dir (see inference.py): `.predict(paths) -> DataFrame`."
+def load_model(model_dir, device=None, unsafe_pickle=False, **options):
+    "A `Predictor` for a model dir (see inference.py): `.predict(paths) -> DataFrame`; options: bf16, channels_last."
     from .inference import Predictor
-    return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle)
+    return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle, **options)

@@ -16,6 +16,21 @@ META_COLUMNS = ("path", "patient_id", "split", "label", "source")
 NEAR_DUPLICATE_BITS = 4  # dhash Hamming distance (of 256) at or under which two images count as near duplicates
 
 
+NORMAL_NAMES = {"normal", "negative", "no_finding", "no_findings", "healthy", "no_pneumonia", "no_covid", "none"}
+
+
+def is_normal_class(name):
+    "True for the class meaning 'no disease' (Normal, Negative, No_findings, 'Negative for Pneumonia', ...)."
+    name = str(name).strip().lower().replace("-", "_").replace(" ", "_")
+    return name in NORMAL_NAMES or name.startswith("negative_for")
+
+
+def positive_index(classes):
+    "Binary tasks: the index of the disease class (the one that is not Normal/Negative), else the second."
+    disease = [i for i, c in enumerate(classes) if not is_normal_class(c)]
+    return disease[0] if len(classes) == 2 and len(disease) == 1 else 1
+
+
 def problem(kind, path, detail):
     "One problem found while building a table (missing_file, unreadable, unknown_label, ...)."
     return {"kind": kind, "path": str(path) if path is not None else "", "detail": detail}

@@ -9,7 +9,7 @@ from cxr_fast.table import build_table
 
 @pytest.fixture
 def phantom_3class(tmp_path):
-    return build_table("phantom", tmp_path / "ph", "3class", patients_per_class=5, size=48, valid_pct=0.3, test_pct=0.2)
+    return build_table("phantom", tmp_path / "ph", "3class", patients_per_class=5, image_size=48, valid_pct=0.3, test_pct=0.2)
 
 
 def test_single_label_batch_is_normalised_rgb_with_fixed_vocab(phantom_3class):
@@ -27,7 +27,7 @@ def test_single_label_batch_is_normalised_rgb_with_fixed_vocab(phantom_3class):
 
 
 def test_multilabel_batch_is_encoded(tmp_path):
-    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=4, size=48, valid_pct=0.3)
+    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=4, image_size=48, valid_pct=0.3)
     dls = get_dls(table, size=32, bs=6, num_workers=0, aug="none")
     _, y = dls.one_batch()
     assert y.shape == (6, 3) and set(y.unique().tolist()) <= {0.0, 1.0}

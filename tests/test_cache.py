@@ -53,7 +53,7 @@ def test_torn_entry_is_rebuilt_and_concurrent_writers_are_safe(tmp_path):
 
 
 def test_dataloaders_with_cache_match_without(tmp_path):
-    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, size=64, valid_pct=0.3)
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, image_size=64, valid_pct=0.3)
     plain = get_dls(table, size=32, bs=4, num_workers=0, aug="none")
     cached = get_dls(table, size=32, bs=4, num_workers=0, aug="none", cache=tmp_path / "cache")
     a, b = plain.valid.one_batch()[0], cached.valid.one_batch()[0]
@@ -69,7 +69,7 @@ def test_dataloaders_with_cache_match_without(tmp_path):
 
 def test_equalize_same_with_and_without_cache(tmp_path):
     from cxr_fast.images import preprocess
-    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, size=64, valid_pct=0.3)
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, image_size=64, valid_pct=0.3)
     plain = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize")
     cached = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize", cache=tmp_path / "c")
     raw = get_dls(table, size=32, bs=4, num_workers=0, aug="none")
@@ -82,7 +82,7 @@ def test_equalize_same_with_and_without_cache(tmp_path):
 
 def test_test_dl_without_labels_reads_through_the_cache(tmp_path):
     from cxr_fast.blocks import test_dl
-    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, size=64, valid_pct=0.3)
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, image_size=64, valid_pct=0.3)
     dls = get_dls(table, size=32, bs=4, num_workers=0, aug="none", cache=tmp_path / "c")
     x = test_dl(dls, table.head(3), with_labels=False).one_batch()[0]
     assert x.shape == (3, 3, 32, 32)

@@ -174,7 +174,7 @@ def write_history(run_dir):
 @pytest.fixture(scope="module")
 def table3(tmp_path_factory):
     from cxr_fast.table import build_table
-    return build_table("phantom", tmp_path_factory.mktemp("ph3"), "3class", patients_per_class=6, size=48, test_pct=0.2)
+    return build_table("phantom", tmp_path_factory.mktemp("ph3"), "3class", patients_per_class=6, image_size=48, test_pct=0.2)
 
 
 def test_run_folder_gets_metrics_figures_and_report(table3, tmp_path):
@@ -202,7 +202,7 @@ def test_run_folder_gets_metrics_figures_and_report(table3, tmp_path):
 
 def test_multilabel_run_tunes_thresholds_on_valid(tmp_path):
     from cxr_fast.table import build_table
-    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=5, size=48, test_pct=0.2)
+    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=5, image_size=48, test_pct=0.2)
     run = tmp_path / "run"  # no history.csv: no curves, said in the report
     result = ev.evaluate_run(tiny_learner(table), table, run, n_boot=50, n_gradcam=2)
     t = result["thresholds"]

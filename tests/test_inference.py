@@ -43,7 +43,7 @@ def make_model_dir(table, out, thresholds=None, learn=False, resize_method="squi
 @pytest.fixture(scope="module")
 def three_class(tmp_path_factory):
     root = tmp_path_factory.mktemp("inf")
-    table = build_table("phantom", root / "ph", "3class", patients_per_class=3, size=48, valid_pct=0.4, dedup="off")
+    table = build_table("phantom", root / "ph", "3class", patients_per_class=3, image_size=48, valid_pct=0.4, dedup="off")
     return make_model_dir(table, root / "model", learn=True)
 
 
@@ -71,7 +71,7 @@ def test_round_trip_gives_the_models_own_probabilities_on_the_valid_batches(thre
 
 @pytest.mark.parametrize("method", ["pad", "crop"])
 def test_pad_and_crop_resize_match_training(tmp_path, method):
-    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=2, size=40, valid_pct=0.5, dedup="off")
+    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=2, image_size=40, valid_pct=0.5, dedup="off")
     table.loc[0, "path"] = str(save_gray(tmp_path / "wide.png", size=48).resolve())  # not square: pad/crop matter
     from PIL import Image
     Image.open(table.loc[0, "path"]).resize((60, 40)).save(table.loc[0, "path"])
@@ -168,7 +168,7 @@ def test_csv_and_glob_inputs_and_run_dir(three_class, tmp_path):
 
 
 def test_multilabel_thresholds_override_and_submission(tmp_path):
-    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=2, size=40, valid_pct=0.5, dedup="off")
+    table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=2, image_size=40, valid_pct=0.5, dedup="off")
     thresholds = {"COVID-19": 0.0, "Pneumonia": 1.0, "Normal": 0.5}  # always, never, by probability
     mdir, model, dls = make_model_dir(table, tmp_path / "m", thresholds=thresholds)
     paths = dls.valid.items["path"].tolist()
@@ -190,7 +190,7 @@ def test_multilabel_thresholds_override_and_submission(tmp_path):
 
 
 def test_binary_positive_threshold_submission_tta_bf16_gradcam(tmp_path):
-    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=2, size=40, valid_pct=0.5, dedup="off")
+    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=2, image_size=40, valid_pct=0.5, dedup="off")
     mdir, model, dls = make_model_dir(table, tmp_path / "m", thresholds={"positive": 0.0})
     paths = dls.valid.items["path"].tolist()
     pred = cxr_fast.load_model(mdir)
@@ -217,7 +217,7 @@ def test_binary_positive_threshold_submission_tta_bf16_gradcam(tmp_path):
 
 def three_class_free_dir(tmp_path):
     "A 3-class model dir (argmax: a --threshold does not apply)."
-    table = build_table("phantom", tmp_path / "ph3", "3class", patients_per_class=2, size=40, valid_pct=0.5, dedup="off")
+    table = build_table("phantom", tmp_path / "ph3", "3class", patients_per_class=2, image_size=40, valid_pct=0.5, dedup="off")
     return make_model_dir(table, tmp_path / "m3")[0]
 
 

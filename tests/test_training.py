@@ -36,7 +36,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")
-    return {task: build_table("phantom", root / task, task, patients_per_class=6, size=48)
+    return {task: build_table("phantom", root / task, task, patients_per_class=6, image_size=48)
             for task in ("3class", "multilabel")}
 
 
@@ -346,7 +346,7 @@ def test_imbalance_options(phantoms):
 def test_with_the_real_evaluation(phantoms, tmp_path, real_evaluation):
     evaluation = pytest.importorskip("cxr_fast.evaluation")
     if not hasattr(evaluation, "evaluate_run"): pytest.skip("evaluation.evaluate_run not written yet")
-    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=4, size=48, test_pct=0.25)
+    table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=4, image_size=48, test_pct=0.25)
     result = train(table=table, out=tmp_path / "run", plan="all:1@1e-3", **TINY)
     assert {"valid", "test", "thresholds", "run_dir"} <= set(result)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]

@@ -97,14 +97,14 @@ def make_phantoms(root, patients_per_class=40, images_per_patient=(1, 3), size=1
     return csv_path
 
 
-def load(root, task, seed=42, patients_per_class=40, size=128):
+def load(root, task, seed=42, patients_per_class=40, image_size=128):
     "Rows for `task`; an empty or missing ROOT gets a fresh phantom set first (seeded)."
     root = Path(root)
     csv_path = root / CSV_NAME
     if not csv_path.is_file():
         if root.exists() and any(root.iterdir()):
             raise DataError(f"{root} holds files but no {CSV_NAME}; give an empty folder to generate phantoms into")
-        make_phantoms(root, patients_per_class=patients_per_class, size=size, seed=seed)
+        make_phantoms(root, patients_per_class=patients_per_class, size=image_size, seed=seed)
     meta = pd.read_csv(csv_path, dtype=str)
     df = pd.DataFrame({"path": [str((root / f).resolve()) for f in meta["file"]], "patient_id": meta["patient_id"],
                        "orig_label": meta["finding"], "source": "phantom"})
