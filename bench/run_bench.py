@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +85,7 @@ def main():
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,inference")
+    p.add_argument("--inference-repeats", type=int, default=2)
     a = p.parse_args()
     data = Path(a.data)
     if not data.is_dir(): sys.exit(f"benchmark data not found at {data}; give --data DIR (class folders)")
@@ -103,7 +103,8 @@ def main():
         results[key] = {"data": str(d), "cases": rows, "limits": limit_of(rows), "ratios": ratios(rows)}
     if "inference" not in skip and (HERE / "bench_inference.py").is_file():
         out = tmp / "inference.json"
-        subprocess.run([sys.executable, str(HERE / "bench_inference.py"), "--out", str(out)], check=True)
+        subprocess.run([sys.executable, str(HERE / "bench_inference.py"), "--out", str(out), "--repeats", str(a.inference_repeats)],
+                       check=True)
         results["inference"] = json.loads(out.read_text())
     Path(a.out).write_text(json.dumps(results, indent=1))
     Path(a.out).with_suffix(".md").write_text(markdown(results))

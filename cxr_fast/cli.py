@@ -27,9 +27,13 @@ def usage():
 
 def main(argv=None):
     "Dispatch to one command; user errors become a one-line message and exit status 2."
+    import warnings
+
     import fire
 
     from .errors import CxrError
+    # fastai's import calls torch.jit.script, which newer torch flags as deprecated: noise for a CLI user
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -10,7 +10,7 @@ from cxr_fast.training import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 BEST = dict(arch="resnet18", pretrained=False, size=160, bs=32, epochs=16, lr=2e-3, opt="adamw", aug="cxr",
-            preprocessing="equalize", loss="ce", label_smoothing=0.1, bf16=True, cache=True, monitor="valid_loss")
+            preprocessing="none", loss="ce", label_smoothing=0.1, bf16=True, cache=True, monitor="valid_loss")
 
 
 def run(data="data/darkcovidnet", out="runs/darkcovidnet-scratch", task="3class", arch=BEST["arch"],

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import save_gray
 from cxr_fast import recipes
@@ -17,15 +16,6 @@ from cxr_fast.errors import CxrError
 
 SMOKE_TESTED = {"resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class", "densenet121-siim",
                 "darkcovidnet-scratch"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "One torch thread: on a shared 2-core machine, two threads spin against other processes."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def check_run(run_dir, splits=("valid",)):

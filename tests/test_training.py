@@ -24,15 +24,6 @@ from cxr_fast.training import (apply_stage, check_plan, class_weight_values, cxr
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none")  # timm's 0.5M-param resnet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "One torch thread: on a shared 2-core machine, two threads spin against other processes (20x slower)."
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")
