@@ -41,7 +41,7 @@ def main():
     p.add_argument("--hack", default=str(shared / "coronahack"))
     p.add_argument("--runs", default=str(HERE / "tmp" / "cross"))
     p.add_argument("--out", default=str(HERE / "cross_source.json"))
-    p.add_argument("--hack-epochs", type=int, default=5)
+    p.add_argument("--hack-epochs", type=int, default=4)
     p.add_argument("--hack-size", type=int, default=128)
     a = p.parse_args()
     runs, res = Path(a.runs), {"settings": vars(a), "best": BEST}

@@ -177,7 +177,7 @@ def phantom_agreement(model_dir, work, bs):
     import cxr_fast
     from cxr_fast.inference import Predictor
     from cxr_fast.sources.phantom import make_phantoms
-    csv = make_phantoms(work / "phantoms", patients_per_class=20, image_size=256, seed=1)
+    csv = make_phantoms(work / "phantoms", patients_per_class=20, size=256, seed=1)
     paths = [str(p) for p in sorted((work / "phantoms").glob("*.png"))]
     p32 = cxr_fast.load_model(model_dir, device="cpu").predict(paths, batch_size=bs)
     p16 = Predictor.from_dir(model_dir, device="cpu", bf16=True, channels_last=True).predict(paths, batch_size=bs)

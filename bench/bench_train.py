@@ -55,11 +55,11 @@ def plain_fastai_dls(data, size, bs):
                                         batch_tfms=aug_transforms(do_flip=False, max_rotate=10, max_warp=0))
 
 
-def cxr_fast_dls(data, size, bs, cache_dir):
+def cxr_fast_dls(data, size, bs, cache_dir, workers=None):
     from cxr_fast.blocks import get_dls
     from cxr_fast.table import build_table
     table = build_table("folders", data, "folders", valid_pct=0.2, seed=42, dedup="off")
-    return get_dls(table, size=size, bs=bs, cache=cache_dir)
+    return get_dls(table, size=size, bs=bs, cache=cache_dir, num_workers=workers)
 
 
 def warm_cache(dls):
@@ -117,6 +117,7 @@ def main():
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=6, help="timed batches + 1 warm-up")
     p.add_argument("--json", required=True)
+    p.add_argument("--workers", type=int, default=None, help="cxr_fast cases: DataLoader workers (default: blocks' choice)")
     a = p.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": torch.get_num_threads()}
@@ -126,7 +127,7 @@ def main():
             result["img_per_s"] = run_bare(a.size, a.bs, bf16, a.batches)
         else:
             plain = a.case.startswith("fastai")
-            dls = plain_fastai_dls(a.data, a.size, a.bs) if plain else cxr_fast_dls(a.data, a.size, a.bs, cache_dir)
+            dls = plain_fastai_dls(a.data, a.size, a.bs) if plain else cxr_fast_dls(a.data, a.size, a.bs, cache_dir, a.workers)
             result["num_workers"] = dls.train.num_workers
             if a.case.startswith("cxr_fast"): result["cache_fill_s"] = warm_cache(dls)
             result["img_per_s"] = run_data_only(dls, a.batches + 1) if a.case.endswith("_data") else run_fit(dls, bf16, a.batches + 1, plain)

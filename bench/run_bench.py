@@ -30,6 +30,10 @@ def make_full_size(src, dest, size=1024):
 
 def run_case(case, data, args, tmp):
     out = tmp / f"{case}-{Path(data).name}.json"
+    if args.reuse and out.is_file():  # a case measured earlier in this same benchmark run
+        result = json.loads(out.read_text())
+        print(f"  {case:<18} {result['img_per_s']:6.1f} img/s  (reused {out.name})", flush=True)
+        return result
     cmd = [sys.executable, str(HERE / "bench_train.py"), "--case", case, "--data", str(data), "--size", str(args.size),
            "--bs", str(args.bs), "--batches", str(args.batches), "--json", str(out)]
     t = time.time()
@@ -86,6 +90,7 @@ def main():
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,inference")
     p.add_argument("--inference-repeats", type=int, default=2)
+    p.add_argument("--reuse", action="store_true", help="reuse case results already in bench/tmp (finish an interrupted run)")
     a = p.parse_args()
     data = Path(a.data)
     if not data.is_dir(): sys.exit(f"benchmark data not found at {data}; give --data DIR (class folders)")

@@ -49,8 +49,10 @@ def aug_tfms(preset, size):
     return aug_transforms(size=size, **AUG_PRESETS[preset])
 
 
-def default_num_workers():
-    "Decoding workers: one per spare core (0 on a single core, where workers only add overhead)."
+def default_num_workers(cached=False):
+    """Decoding workers: one per spare core for full decoding; none when images come from the cache
+    (a cached read is ~1 ms, and on a 2-core machine a worker process only competes with the model's threads)."""
+    if cached: return 0
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -94,7 +96,7 @@ def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_worke
     part = train_valid(table)
     preprocess(Image.new("L", (1, 1)), preprocessing)  # an unknown name fails here, before any decoding
     dblock = cxr_datablock(part, size, aug, resize_method, cache, preprocessing)
-    num_workers = default_num_workers() if num_workers is None else num_workers
+    num_workers = default_num_workers(cached=cache not in (None, False)) if num_workers is None else num_workers
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:
         from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
