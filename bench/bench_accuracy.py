@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "recipes"))
-from darkcovidnet_scratch import BEST, TASK_CLASSES  # noqa: E402  the recipe's configuration is what we measure
+from darkcovidnet_scratch import BEST, TASK_CLASSES, TASK_OVERRIDES  # noqa: E402  the recipe's configuration is what we measure
 
 from cxr_fast.table import assign_splits, build_table  # noqa: E402
 from cxr_fast.training import train  # noqa: E402
@@ -55,6 +55,11 @@ def run_task(task, data, out_dir, args, config):
                      "macro_f1": test["macro_f1"], "covid_sensitivity": covid_sensitivity(test),
                      "n_test": test["n"], "train_s": round(time.time() - t0, 1)})
         print(json.dumps({"task": task, **rows[-1]}), flush=True)
+    return summarize_folds(rows, task)
+
+
+def summarize_folds(rows, task):
+    "Mean, spread and COVID-19 sensitivity over the folds."
     acc = np.array([r["accuracy"] for r in rows])
     sens = np.array([r["covid_sensitivity"] for r in rows if r["covid_sensitivity"] is not None])
     return {"folds": rows, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
@@ -65,7 +70,8 @@ def run_task(task, data, out_dir, args, config):
 
 def markdown(results):
     lines = ["# DarkCovidNet 5-fold CV (patient-grouped, from scratch)", "",
-             f"Data: {results['data']}. Config: `{json.dumps(results['config'])}`. Machine: {results['machine']}.", "",
+             f"Data: {results['data']}. Config: `{json.dumps(results['config'])}`; per task: "
+             f"`{json.dumps(results.get('task_overrides', {}))}`. Machine: {results['machine']}.", "",
              "| task | accuracy mean ± sd | min-max | COVID-19 sensitivity | paper | training time |", "|---|---|---|---|---|---|"]
     for task, r in results["tasks"].items():
         sens = f"{r['covid_sensitivity_mean']:.3f}" if r["covid_sensitivity_mean"] is not None else "-"
@@ -89,6 +95,7 @@ def main():
     p.add_argument("--only-fold", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", action="append", default=[], help="override a config key, e.g. --set epochs=20")
+    p.add_argument("--prior", default=None, help="fold results (JSON lines this script printed) of tasks measured earlier")
     a = p.parse_args()
     if not Path(a.data).is_dir(): sys.exit(f"DarkCovidNet not found at {a.data}; give --data")
     config = dict(BEST)
@@ -96,9 +103,14 @@ def main():
         key, _, value = item.partition("=")
         config[key] = json.loads(value) if value[:1] in "0123456789-[{tfn\"" else value
     import os, platform
-    results = {"data": a.data, "config": config, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "tasks": {}}
+    results = {"data": a.data, "config": config, "task_overrides": TASK_OVERRIDES,
+               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "tasks": {}}
+    if a.prior:
+        prior = [json.loads(line) for line in Path(a.prior).read_text().splitlines() if line.strip()]
+        for task in dict.fromkeys(r["task"] for r in prior):
+            results["tasks"][task] = summarize_folds([{k: v for k, v in r.items() if k != "task"} for r in prior if r["task"] == task], task)
     for task in a.tasks.split(","):
-        results["tasks"][task] = run_task(task, Path(a.data), Path(a.runs), a, config)
+        results["tasks"][task] = run_task(task, Path(a.data), Path(a.runs), a, {**config, **TASK_OVERRIDES.get(task, {})})
     Path(a.out).write_text(json.dumps(results, indent=1))
     Path(a.out).with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
