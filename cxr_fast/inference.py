@@ -44,7 +44,9 @@ from .table import write_atomic
 PICKLE_NAME = "export.pkl"
 GLOB_CHARS = set("*?[")
 DEFAULT_MULTILABEL_THRESHOLD = 0.5
-BF16_TOLERANCE = 0.03  # max abs probability difference, bf16 autocast vs fp32, as measured (bench/bench_inference.py)
+# max abs probability difference, bf16 autocast + channels-last vs fp32: `make bench` measured 0.071 on 299 real
+# DarkCovidNet images (resnet18 fine-tuned 1 epoch; argmax agreement 99.3%, changes only on near-ties), 0.0003 on phantoms
+BF16_TOLERANCE = 0.08
 
 # Test-time augmentation views: (zoom, dy, dx) = crop a 1/zoom window whose centre is shifted by (dy, dx)
 # (fractions of the image side) and resize it back to the input size. Mild zoom-ins and shifts only:
