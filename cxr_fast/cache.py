@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .images import load_image, preprocess
+from .table import write_atomic
 
 CACHE_VERSION = 1  # bump when the decoding in images.py changes what a cached entry holds
 
@@ -75,15 +76,14 @@ class ImageCache:
         return img
 
     def _store(self, entry, arr):
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_name(f".{entry.name}.{os.getpid()}.{id(arr)}.tmp")
         try:
-            with open(tmp, "wb") as f: np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, entry)
+            write_atomic(entry, lambda p: _write_npy(p, arr))
         except OSError:
             pass  # a full or read-only cache must not stop training: the image is still returned
-        finally:
-            if tmp.exists(): tmp.unlink()
+
+
+def _write_npy(path, arr):
+    with open(path, "wb") as f: np.save(f, arr, allow_pickle=False)  # a handle: np.save(path) would add '.npy'
 
 
 def make_cache(cache, size, resize_method="squish", preprocessing="none"):

@@ -1,6 +1,7 @@
 """The canonical table every source produces and every DataBlock consumes (see docs/DESIGN.md)."""
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def write_atomic(path, write):
     "Write a file via a temporary sibling and rename, so a reader never sees half a file."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer thread
     try:
         write(tmp)
         os.replace(tmp, path)
