@@ -309,6 +309,14 @@ class Predictor:
             if gradcam is not None: self.write_gradcams(x_u8, [cam_names[i] for i in idx], gradcam)
         return probs, errors
 
+    def gradcam_batches(self, rows, batch_size=32):
+        "Grad-CAM inputs of a table's rows: (normalised batch, grayscale images as the model saw them) per batch."
+        for batch in self.iter_batches(rows["path"].astype(str).tolist(), batch_size, workers=0):
+            failed = [t for _, t in batch if isinstance(t, str)]
+            if failed: raise DataError(failed[0])
+            x_u8 = torch.stack([t for _, t in batch])
+            yield self.to_input(x_u8), [Image.fromarray(t[0].numpy(), mode="L") for t in x_u8]
+
     def write_gradcams(self, x_u8, names, folder):
         "Grad-CAM overlays (PNG) of a uint8 batch, for the predicted class, named `names` in `folder`."
         from .gradcam import gradcam, overlay

@@ -5,8 +5,14 @@ state or backend is touched, and written atomically with `table.write_atomic`.
 """
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
+from fastai.vision.all import Normalize
+
+from .blocks import test_dl
+from .gradcam import gradcam, overlay
+from .images import load_image
 from .table import write_atomic
 
 DPI = 100
@@ -211,7 +217,6 @@ def caption(i, y, probs, pred, classes, multilabel):
 
 def thumbnail(path, size=160):
     "The image file as stored (grayscale), shrunk to fit `size`."
-    from .images import load_image
     img = load_image(path)
     img.thumbnail((size, size))
     return img
@@ -232,8 +237,6 @@ def plot_gallery(part, y, probs, pred, classes, multilabel, path, title="", k=4)
 
 def model_inputs_as_images(dl, xb):
     "A batch as the model saw it (resized; normalisation undone) as grayscale PIL images."
-    import torch
-    from fastai.vision.all import Normalize
     x = xb.detach().as_subclass(torch.Tensor).float().cpu()
     norm = next((t for t in dl.after_batch.fs if isinstance(t, Normalize)), None)
     if norm is not None: x = x * norm.std.float().cpu() + norm.mean.float().cpu()
@@ -241,28 +244,33 @@ def model_inputs_as_images(dl, xb):
     return [Image.fromarray(a) for a in arr]
 
 
-def gradcam_overlays(model, dls, part, rows, targets):
-    "(input image, Grad-CAM overlay) for rows `rows` of `part`, explaining class `targets[j]` for the j-th."
-    from .blocks import test_dl
-    from .gradcam import gradcam, overlay
-    dl = test_dl(dls, part.iloc[list(rows)], with_labels=False)
+def dls_batches(dls):
+    "`rows -> (input batch, images as the model saw them)` through a DataLoaders' valid-time transforms."
+    def batches(rows):
+        dl = test_dl(dls, rows, with_labels=False)
+        for batch in dl: yield batch[0], model_inputs_as_images(dl, batch[0])
+    return batches
+
+
+def gradcam_overlays(model, batches, targets):
+    "(input image, Grad-CAM overlay) for every image of `batches`, explaining class `targets[j]` for the j-th."
     out, start = [], 0
-    for batch in dl:
-        xb = batch[0]
+    for xb, images in batches:
         heat = gradcam(model, xb, [int(t) for t in targets[start:start + len(xb)]])
-        out += [(img, overlay(img, h)) for img, h in zip(model_inputs_as_images(dl, xb), heat)]
+        out += [(img, overlay(img, h)) for img, h in zip(images, heat)]
         start += len(xb)
     return out
 
 
-def plot_gradcam(model, dls, part, y, probs, pred, classes, multilabel, path, n=8, seed=0, per_row=4):
+def plot_gradcam(model, batches_of, part, y, probs, pred, classes, multilabel, path, n=8, seed=0, per_row=4):
     """Grad-CAM for the predicted class (multi-label: the most probable label) over the most confidently
-    wrong images and a random sample: rows of inputs, each followed by the row of their heatmaps."""
+    wrong images and a random sample: rows of inputs, each followed by the row of their heatmaps.
+    batches_of: `rows -> (input batch, images)`, e.g. dls_batches(dls) or Predictor.gradcam_batches."""
     worst, sample = gradcam_picks(y, probs, pred, multilabel, n, seed)
     picks = np.concatenate([worst, sample]).astype(int)
     if not len(picks): return None
     targets = probs[picks].argmax(axis=1)
-    pairs = gradcam_overlays(model, dls, part, picks, targets)
+    pairs = gradcam_overlays(model, batches_of(part.iloc[list(picks)]), targets)
     rows = []
     for group, start, stop in (("wrong", 0, len(worst)), ("sample", len(worst), len(picks))):
         for s in range(start, stop, per_row):

@@ -1,25 +1,9 @@
-"""Training: the learner builder, freeze plans, callbacks, the run folder and `--resume`.
+"""Training: the learner builder, the configuration, the run folder, `train` and its command.
 
     python -m cxr_fast train phantom data/phantom --task 3class --arch resnet18 --out runs/r18 \\
         --plan "head:2@1e-3,layers=conv1+layer1+layer3:2@1e-3,all:2@1e-5:1e-3"
 
-A plan is a list of stages; each stage sets what trains, then runs one `fit_one_cycle`:
-
-    WHAT:EPOCHS[@LR]   stages joined by ','  (Python: a list of {"train": WHAT, "epochs": E, "lr": LR,
-                                              optional "pct_start", "div"})
-    WHAT  head              only the head trains (feature extraction; fastai `freeze()`)
-          all               everything trains (fastai `unfreeze()`)
-          freeze_to=N       the last N layer groups train (fastai `freeze_to(-N)`)
-          layers=A+B+C      the named body layers and the head train (`conv1+layer1+layer3`, VGG `features.10`)
-    LR    1e-3              one rate for every layer group (the global --lr when left out)
-          1e-5:1e-3         slice(1e-5, 1e-3): discriminative rates spread across the layer groups
-          :1e-3             slice(1e-3): 1e-3 for the head group, 1e-4 for the body groups
-          auto, auto/10     lr_find's valley suggestion (divided by 10); usable for lo and hi as well
-
-"Frozen" follows fastai's default `train_bn=True`: BatchNorm weights and biases of frozen layers keep
-training (what `fine_tune` does); `train_bn=False` freezes them too. Without --plan, a pretrained body
-(ImageNet or --weights) gets fastai's `fine_tune(epochs, lr, freeze_epochs)` and a body trained from
-scratch one `fit_one_cycle(epochs, lr)` of everything.
+The freeze-plan language is in plans.py; checkpoints and `--resume` in checkpoints.py.
 
 RUN_DIR gets config.json, history.csv (one row per epoch, all stages, `stage` and `trains` columns),
 table.csv/.json, checkpoints/{last,best}.pth, metrics.json/report.md/plots (evaluation.py) and model/.
@@ -27,31 +11,33 @@ table.csv/.json, checkpoints/{last,best}.pth, metrics.json/report.md/plots (eval
 import hashlib
 import inspect
 import json
-import random
-import re
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
-from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.training import GradientClip
 from fastai.learner import Learner
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
 from fastai.optimizer import SGD, Adam
 from fastai.torch_core import TensorMultiCategory, set_seed
 from fastai.vision.all import imagenet_stats
-from fastcore.foundation import L
 from fastcore.meta import delegates
 
+from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
 from .args import as_bool, as_choice, as_float, as_int, as_list
+from .blocks import AUG_PRESETS, RESIZE_METHODS, get_dls
+from .checkpoints import BestModel, EarlyStop, RunCheckpoint, check_resume, load_last, next_position, resume_hook
+from .data import load_table
 from .errors import CxrError
+from .images import PREPROCESS
 from .losses import LOSSES, inverse_frequency_weights, make_loss, resolve_loss_name
-from .models import (build_model, check_arch, default_head, ensure_pretrained_available, load_body_weights,
-                     named_layer, splitter_for)
-from .table import classes_of, is_multilabel, label_strings, subsample_class, summarize, write_atomic, write_table
+from .modelio import save_model_dir
+from .models import build_model, check_arch, default_head, ensure_pretrained_available, load_body_weights, splitter_for
+from .plans import check_plan, default_plan, fit_stage, lr_uses_auto, parse_lr, parse_plan
+from .precision import CpuBF16Autocast
+from .table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table, write_atomic,
+                    write_table)
 from .version import __version__
 
 OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is not given
@@ -59,175 +45,6 @@ OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is no
     "adam": (partial(Adam, decouple_wd=False), 0.0),     # Adam, weight decay as L2 added to the gradient
     "sgd": (partial(SGD, mom=0.9), 0.0),                  # SGD with momentum 0.9
 }
-STAGE_DEFAULTS = {"pct_start": 0.25, "div": 25.0}  # fit_one_cycle's
-PLAN_HELP = ("a plan is WHAT:EPOCHS[@LR] stages joined by ',' (WHAT: head, all, freeze_to=N or layers=NAME+NAME; "
-             "LR: 1e-3, lo:hi, :hi or auto), e.g. head:2@1e-3,all:3@1e-5:1e-3")
-RESUME_FREE = ("resume", "overwrite")  # config keys a resumed run may change
-DERIVED = ("lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values")  # not compared on resume
-
-
-# ---- learning rates and plans ----------------------------------------------------------------
-
-def _lr_token(token):
-    "One number of a learning-rate spec: a positive float, 'auto' or 'auto/K'; returned canonical."
-    token = token.strip()
-    if re.fullmatch(r"auto(/[0-9.eE+-]+)?", token):
-        if "/" in token and not float(token[5:]) > 0: raise ValueError
-        return token
-    value = float(token)
-    if not value > 0: raise ValueError
-    return repr(value)
-
-
-def parse_lr(value, where="lr"):
-    """A learning rate: a number (every layer group), 'lo:hi' = slice(lo, hi), ':hi' = slice(hi), or with
-    'auto'/'auto/K' (lr_find's valley, divided by K) in place of a number. Returns a float or a canonical string."""
-    if isinstance(value, slice): value = f"{'' if value.start is None else value.start}:{value.stop}"
-    if isinstance(value, (list, tuple)) and len(value) == 2: value = f"{value[0]}:{value[1]}"
-    if isinstance(value, bool): value = None
-    parts = str(value).strip().split(":")
-    try:
-        if len(parts) > 2 or parts[-1] == "": raise ValueError
-        tokens = ["" if (i == 0 and len(parts) == 2 and p.strip() == "") else _lr_token(p)
-                  for i, p in enumerate(parts)]
-    except ValueError:
-        raise CxrError(f"--{where}: bad learning rate {value!r}; use 1e-3, lo:hi (1e-5:1e-3), :hi or auto") from None
-    if len(tokens) == 2 and "auto" not in "".join(tokens) and tokens[0] and float(tokens[0]) > float(tokens[1]):
-        raise CxrError(f"--{where}: {value!r} has lo > hi; write lo:hi")
-    if len(tokens) == 1 and "auto" not in tokens[0]: return float(tokens[0])
-    return ":".join(tokens)
-
-
-def lr_uses_auto(lr):
-    "True when a parsed learning rate needs lr_find's suggestion."
-    return isinstance(lr, str) and "auto" in lr
-
-
-def to_fastai_lr(lr, suggestion=None):
-    "A parsed learning rate as fastai takes it: float, slice(hi) or slice(lo, hi)."
-    if isinstance(lr, float): return lr
-
-    def number(token):
-        if not token.startswith("auto"): return float(token)
-        if suggestion is None: raise CxrError("learning rate 'auto' needs lr_find's suggestion; pass --lr-find true")
-        return suggestion / (float(token[5:]) if "/" in token else 1.0)
-    if ":" not in lr: return number(lr)
-    lo, hi = lr.split(":")
-    return slice(number(hi)) if lo == "" else slice(number(lo), number(hi))
-
-
-def parse_what(what, where):
-    "A stage's WHAT in canonical form: head, all, freeze_to=N, layers=A+B."
-    m = re.fullmatch(r"\s*(head|all|freeze_to|layers)\s*(?:[=:]\s*(.+?))?\s*", str(what))
-    if not m: raise CxrError(f"--plan stage {where!r}: unknown WHAT {what!r}; {PLAN_HELP}")
-    kind, arg = m.groups()
-    if kind in ("head", "all"):
-        if arg: raise CxrError(f"--plan stage {where!r}: {kind} takes no argument; {PLAN_HELP}")
-        return kind
-    if not arg: raise CxrError(f"--plan stage {where!r}: {kind} needs an argument (freeze_to=2, layers=conv1+layer1)")
-    if kind == "freeze_to":
-        if not arg.isdigit() or int(arg) < 1:
-            raise CxrError(f"--plan stage {where!r}: freeze_to needs a group count >= 1")
-        return f"freeze_to={int(arg)}"
-    names = [n for n in re.split(r"[+,\s]+", arg) if n]
-    return "layers=" + "+".join(names)
-
-
-def parse_stage(item, default_lr):
-    "One stage from 'WHAT:EPOCHS[@LR]' or a dict {train, epochs, lr, pct_start, div}, in canonical form."
-    if not isinstance(item, dict):
-        text = str(item).strip()
-        body, _, lr = text.partition("@")
-        what, sep, epochs = body.rpartition(":")
-        if not sep or not what.strip(): raise CxrError(f"--plan stage {text!r}: {PLAN_HELP}")
-        item, where = {"train": what, "epochs": epochs, "lr": lr if lr.strip() else default_lr}, text
-    else:
-        where = json.dumps(item, default=str)
-        unknown = set(item) - {"train", "epochs", "lr", *STAGE_DEFAULTS}
-        if unknown or "train" not in item or "epochs" not in item:
-            raise CxrError(f"--plan stage {where}: a stage dict has keys train, epochs and optionally "
-                           f"lr, pct_start, div")
-    try:
-        epochs = as_int(item["epochs"], "plan epochs", min_value=1)
-    except CxrError:
-        raise CxrError(f"--plan stage {where!r}: EPOCHS must be an integer >= 1; {PLAN_HELP}") from None
-    stage = {"train": parse_what(item["train"], where), "epochs": epochs,
-             "lr": parse_lr(item.get("lr", default_lr), "plan lr")}
-    for key, default in STAGE_DEFAULTS.items():
-        stage[key] = as_float(item.get(key, default), f"plan {key}", min_value=0)
-    return stage
-
-
-def parse_plan(plan, default_lr):
-    "A plan (string, list of strings/dicts, or None) as a list of canonical stage dicts (None when not given)."
-    if plan is None or (isinstance(plan, str) and not plan.strip()): return None
-    if isinstance(plan, dict): plan = [plan]
-    items = list(plan) if isinstance(plan, (list, tuple)) else [s for s in str(plan).split(",")]
-    if any(isinstance(i, str) and not i.strip() for i in items):
-        raise CxrError(f"--plan has an empty stage; {PLAN_HELP}")
-    if not items: raise CxrError(f"--plan is empty; {PLAN_HELP}")
-    return [parse_stage(i, default_lr) for i in items]
-
-
-def fine_tune_plan(epochs, lr, freeze_epochs):
-    "fastai's `fine_tune(epochs, lr, freeze_epochs)` as a plan: head at slice(lr), then all at slice(lr/200, lr/2)."
-    half = "auto/2" if lr == "auto" else repr(lr / 2)
-    low = "auto/200" if lr == "auto" else repr(lr / 200)
-    head = {"train": "head", "epochs": freeze_epochs, "lr": f":{lr}", "pct_start": 0.99, "div": 25.0}
-    tail = {"train": "all", "epochs": epochs, "lr": f"{low}:{half}", "pct_start": 0.3, "div": 5.0}
-    return ([head] if freeze_epochs > 0 else []) + [tail]
-
-
-def default_plan(epochs, lr, freeze_epochs, frozen):
-    "fine_tune for a pretrained body (`frozen`), else one fit_one_cycle of everything."
-    if frozen: return fine_tune_plan(epochs, lr, freeze_epochs)
-    return [{"train": "all", "epochs": epochs, "lr": lr, **STAGE_DEFAULTS}]
-
-
-# ---- freezing --------------------------------------------------------------------------------
-
-def freeze_named_layers(learn, names):
-    "Train the named body layers and the head; every other body parameter frozen (BatchNorm per train_bn)."
-    learn.unfreeze()
-    keep = {id(p) for name in names for p in named_layer(learn.model, name).parameters()}
-    for p in learn.model[0].parameters():
-        if id(p) not in keep: p.requires_grad_(bool(learn.opt.state[p].get("force_train", False)))
-
-
-def apply_stage(learn, stage):
-    "Set what trains for a stage (fastai freeze / freeze_to / unfreeze; named layers by hand)."
-    what = stage["train"]
-    n_groups = len(learn.opt.param_lists) if learn.opt else len(learn.splitter(learn.model))
-    if what == "head": learn.freeze()
-    elif what == "all": learn.unfreeze()
-    elif what.startswith("freeze_to="):
-        n = int(what.split("=")[1])
-        if n > n_groups:
-            raise CxrError(f"--plan {what}: this model has {n_groups} layer groups; use freeze_to=1..{n_groups}")
-        learn.freeze_to(-n)
-    else:
-        freeze_named_layers(learn, what.split("=", 1)[1].split("+"))
-    for p in learn.model.parameters():  # a stale zero gradient would let weight decay move a frozen weight
-        if not p.requires_grad: p.grad = None
-
-
-def check_plan(learn, plan):
-    "Fail before training on a stage that does not fit the model (layer names, group counts)."
-    n_groups = len(learn.splitter(learn.model))
-    for stage in plan:
-        what = stage["train"]
-        if what.startswith("layers="):
-            for name in what.split("=", 1)[1].split("+"): named_layer(learn.model, name)
-        if what.startswith("freeze_to=") and int(what.split("=")[1]) > n_groups:
-            raise CxrError(f"--plan {what}: this model has {n_groups} layer groups; use freeze_to=1..{n_groups}")
-
-
-def fit_stage(learn, stage, suggestion=None, cbs=None, start_epoch=0, before_fit=None):
-    "Apply a stage's freezing, then one fit_one_cycle (from `start_epoch` when resuming)."
-    apply_stage(learn, stage)
-    if before_fit is not None: before_fit()
-    learn.fit_one_cycle(stage["epochs"], to_fastai_lr(stage["lr"], suggestion), pct_start=stage["pct_start"],
-                        div=stage["div"], cbs=cbs, start_epoch=start_epoch)
 
 
 # ---- the learner -----------------------------------------------------------------------------
@@ -303,183 +120,6 @@ def table_sha1(table):
     return hashlib.sha1(table[cols].to_csv(index=False).encode()).hexdigest()
 
 
-# ---- callbacks and checkpoints ---------------------------------------------------------------
-
-def epoch_was_run(learn):
-    "False for an epoch that fit(start_epoch=...) skipped on resume (the recorder logged nothing for it)."
-    return bool(learn.recorder.values) and len(learn.recorder.values[-1]) > 0
-
-
-class BestModel(SaveModelCallback):
-    "SaveModelCallback over the whole plan: checkpoints/best.pth (weights, atomic) on improvement, loaded at the end."
-    def __init__(self, monitor, file):
-        super().__init__(monitor=monitor, reset_on_fit=False)
-        self.file = Path(file)
-
-    def after_epoch(self):
-        "Compare and save, for epochs that ran."
-        if epoch_was_run(self.learn): super().after_epoch()
-
-    def _save(self, name):
-        state = {k: tensor_data(v) for k, v in self.learn.model.state_dict().items()}
-        self.last_saved_path = write_atomic(self.file, lambda p: torch.save(state, p))
-
-    def after_fit(self, **kwargs):
-        "Keep training from the last weights; `train` loads best.pth after the last stage."
-
-
-class EarlyStop(EarlyStoppingCallback):
-    "fastai's EarlyStoppingCallback for one stage, deciding at an epoch's end and stopping before the next one."
-    def __init__(self, monitor, patience, restore=None):
-        super().__init__(monitor=monitor, patience=patience)
-        self.stop, self.restore = False, restore
-
-    def before_fit(self):
-        "Reset per stage, or take the state a resumed stage had."
-        super().before_fit()
-        self.stop = False
-        if self.restore: self.best, self.wait = self.restore["best"], self.restore["wait"]
-        self.restore = None
-
-    def after_epoch(self):
-        "Count epochs without improvement (so last.pth records the decision)."
-        if not epoch_was_run(self.learn): return
-        try:
-            super().after_epoch()
-        except CancelFitException:
-            self.stop = True
-
-    def before_epoch(self):
-        "End the stage when patience ran out."
-        if self.stop: raise CancelFitException()
-
-
-class RunCheckpoint(Callback):
-    "After every epoch: the history row, then checkpoints/last.pth (atomic), then history.csv."
-    order = 65  # after BestModel (61) and EarlyStop (63)
-
-    def __init__(self, run_dir, stage_idx, stage, history, best=None, early=None, restore=None):
-        self.run_dir, self.stage_idx, self.stage, self.history = Path(run_dir), stage_idx, stage, history
-        self.best_cb, self.early, self.restore = best, early, restore
-
-    def before_fit(self):
-        "On resume, continue the smoothed train loss where the killed run left it; log no skipped epochs."
-        if self.restore:
-            self.learn.recorder.smooth_loss.val = self.restore["val"]
-            self.learn.recorder.smooth_loss.count = self.restore["count"]
-            self.logger_run = logger = self.learn.logger
-            self.learn.logger = self.logger_skip = lambda log: logger(log) if len(log) > 2 else None
-        self.restore = None
-
-    def after_fit(self):
-        "Hand back the logger (unless fastai's progress callback already restored its own)."
-        if getattr(self, "logger_skip", None) is not None and self.learn.logger is self.logger_skip:
-            self.learn.logger = self.logger_run
-        self.logger_skip = None
-
-    def after_epoch(self):
-        "Record and checkpoint an epoch that ran."
-        if not epoch_was_run(self.learn): return
-        rec = self.learn.recorder
-        self.history.append({"stage": self.stage_idx + 1, "trains": self.stage["train"],
-                             **{k: _plain_value(v) for k, v in zip(rec.metric_names, rec.log)}})
-        done = self.epoch == self.n_epoch - 1 or bool(self.early and self.early.stop)
-        save_last(self.learn, self.run_dir / "checkpoints" / "last.pth", self.stage_idx, self.epoch, done,
-                  self.history, self.best_cb, self.early)
-        write_history(self.history, self.run_dir / "history.csv")
-
-
-def _plain_value(v):
-    if isinstance(v, torch.Tensor): v = v.item()
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def plain(obj):
-    "numpy scalars/arrays and fastcore L as Python/torch types that torch.load(weights_only=True) reads."
-    if isinstance(obj, dict): return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, L)): return [plain(v) for v in obj]
-    if isinstance(obj, np.generic): return obj.item()
-    if isinstance(obj, np.ndarray): return torch.from_numpy(obj.copy())
-    if isinstance(obj, torch.Tensor): return tensor_data(obj)
-    return obj
-
-
-def tensor_data(t):
-    "A plain CPU torch.Tensor (fastai's TensorBase subclasses do not load with weights_only=True)."
-    return t.detach().cpu().as_subclass(torch.Tensor)
-
-
-def rng_state(learn):
-    "Every random state training draws from: Python, numpy, torch (CPU and CUDA), the DataLoaders' own."
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "dl_train": learn.dls.train.rng.getstate(), "dl_valid": learn.dls.valid.rng.getstate()}
-
-
-def set_rng_state(learn, state):
-    "Restore what rng_state saved."
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    for dl, key in ((learn.dls.train, "dl_train"), (learn.dls.valid, "dl_valid")):
-        version, keys, gauss = state[key]
-        dl.rng.setstate((version, tuple(keys), gauss))
-
-
-def save_last(learn, path, stage_idx, epoch, done, history, best=None, early=None):
-    "checkpoints/last.pth: weights, optimizer state, position in the plan, RNG and tracker states (atomic)."
-    smooth = learn.recorder.smooth_loss
-    state = {"model": {k: tensor_data(v) for k, v in learn.model.state_dict().items()},
-             "opt": plain(learn.opt.state_dict()), "stage": stage_idx, "epoch": epoch, "stage_done": done,
-             "pct_train": float(learn.pct_train), "rng": rng_state(learn), "history": history,
-             "smooth_loss": {"val": plain(smooth.val), "count": int(smooth.count)},
-             "best": None if best is None else float(best.best),
-             "early": None if early is None else {"best": float(early.best), "wait": int(early.wait)}}
-    write_atomic(path, lambda p: torch.save(state, p))
-
-
-def load_last(path, device="cpu"):
-    "The last.pth state (tensors on `device`, where the optimizer state must live), or None when there is none."
-    path = Path(path)
-    if not path.is_file(): return None
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise CxrError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it to restart that run") from None
-
-
-def restore_training(learn, ckpt):
-    "Weights and optimizer state of the killed run (after the stage's freezing is applied)."
-    learn.model.load_state_dict(ckpt["model"])
-    opt = ckpt["opt"]
-    learn.opt.load_state_dict({"state": opt["state"], "hypers": L(opt["hypers"])})
-
-
-def write_history(rows, path):
-    "history.csv: one row per epoch run, all stages (atomic)."
-    write_atomic(path, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
-
-
-def next_position(ckpt):
-    "(stage index, epoch) where a resumed run continues."
-    if ckpt is None: return 0, 0
-    return (ckpt["stage"] + 1, 0) if ckpt["stage_done"] else (ckpt["stage"], ckpt["epoch"] + 1)
-
-
-def resume_hook(learn, ckpt, mid_stage):
-    "What a resumed stage restores before its fit: the weights (and mid-stage the optimizer state), the RNG states."
-    def restore():
-        if mid_stage: restore_training(learn, ckpt)
-        else: learn.model.load_state_dict(ckpt["model"])
-        set_rng_state(learn, ckpt["rng"])
-    return restore
-
-
 def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
     "Fit every stage of the plan from where `ckpt` left off (checkpoints/best.pth kept when config['save_best'])."
     suggestion = config.get("lr_suggestion")
@@ -521,10 +161,8 @@ def resolve_config(c):
     out["hidden"] = None if c["hidden"] is None else as_list(c["hidden"], "hidden", int)
     out["opt"] = as_choice(c["opt"], OPTIMIZERS, "opt")
     out["loss"] = as_choice(c["loss"], LOSSES, "loss")
-    from .blocks import AUG_PRESETS, RESIZE_METHODS
     out["aug"] = as_choice(c["aug"], AUG_PRESETS, "aug")
     out["resize_method"] = as_choice(c["resize_method"], RESIZE_METHODS, "resize-method")
-    from .images import PREPROCESS
     out["preprocessing"] = as_choice(c["preprocessing"], PREPROCESS, "preprocessing")
     out["class_weights"] = class_weights_option(c["class_weights"])
     out["cache"] = cache_option(c["cache"])
@@ -554,19 +192,6 @@ def cache_option(value):
     return str(Path(str(value)).expanduser())
 
 
-def check_resume(saved, config, run_dir):
-    "Refuse to resume a run whose configuration differs in anything but `resume`."
-    keys = (set(saved) | set(config)) - set(RESUME_FREE) - set(DERIVED)
-    diff = sorted(k for k in keys if _jsonable(saved.get(k)) != _jsonable(config.get(k)))
-    if diff:
-        shown = "; ".join(f"{k}: {_jsonable(saved.get(k))!r} -> {_jsonable(config.get(k))!r}" for k in diff[:4])
-        raise CxrError(f"cannot resume {run_dir}: the configuration differs from its config.json ({shown}); "
-                       f"resume with the same options, or start a new run (another --out, or --overwrite)")
-
-
-def _jsonable(v):
-    return json.loads(json.dumps(v, default=str))
-
 
 def prepare_run_dir(run_dir, config):
     "The saved configuration when resuming (None for a fresh run); refuses to overwrite a run unasked."
@@ -592,11 +217,9 @@ def get_table(config, table, source_options):
     "The canonical table: the one given, or data.load_table from source/root/task; majority subsampled if asked."
     if table is None:
         if not (config["source"] and config["root"]): raise CxrError("give SOURCE and ROOT (and --task), or table=")
-        from .data import load_table
         table = load_table(config["source"], config["root"], config["task"], config["valid_pct"], config["test_pct"],
                            config["seed"], config["classes"], config["dedup"], **source_options)
     else:
-        from .table import validate_table
         table = validate_table(table.copy())
     if config["subsample_majority"] is not None and config["subsample_majority"] < 1:
         table = subsample_majority_train(table, config["subsample_majority"], config["seed"])
@@ -629,7 +252,6 @@ def model_meta(config, table, learn, results):
 
 def build_learner(config, table, run_dir, cbs=None):
     "DataLoaders + loss + cxr_learner for a resolved configuration (seeded)."
-    from .blocks import get_dls
     set_seed(config["seed"], reproducible=True)
     multilabel = is_multilabel(table)
     dls = get_dls(table, size=config["size"], bs=config["bs"], aug=config["aug"], resize_method=config["resize_method"],
@@ -645,11 +267,9 @@ def build_learner(config, table, run_dir, cbs=None):
                         train_bn=config["train_bn"], path=run_dir, model_dir="checkpoints", cbs=cbs)
     if config["clip"]: learn.add_cb(GradientClip(config["clip"]))
     if config["mixed_precision"] and torch.cuda.is_available():
-        from fastai.callback.channelslast import ChannelsLast
         learn.to_fp16()
         learn.add_cb(ChannelsLast())
     elif config["bf16"] and not torch.cuda.is_available():
-        from .precision import CpuBF16Autocast
         learn.add_cb(CpuBF16Autocast())
     return learn
 
@@ -737,8 +357,6 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
 
 def finish_run(learn, table, run_dir, config):
     "Load the best weights (if kept), evaluate (evaluation.evaluate_run), write the model dir; the metrics dict."
-    from . import evaluation
-    from .modelio import save_model_dir
     best_file = run_dir / "checkpoints" / "best.pth"
     if config["save_best"] and best_file.is_file():
         learn.model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))

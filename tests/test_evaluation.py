@@ -8,6 +8,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from cxr_fast import evaluation as ev
+from cxr_fast import metrics as mt
 from cxr_fast.errors import CxrError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +32,7 @@ def fixed_3class(n=60, seed=0):
 
 def test_single_label_metrics_match_scikit_learn():
     y, probs = fixed_3class()
-    m = ev.single_label_metrics(y, probs, CLASSES3, n_boot=0)
+    m = mt.single_label_metrics(y, probs, CLASSES3, n_boot=0)
     pred = probs.argmax(1)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
     assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
@@ -55,7 +56,7 @@ def test_binary_uses_the_threshold_on_the_disease_class():
     y = rng.integers(0, 2, 80)
     p1 = np.clip(0.3 * y + rng.random(80) * 0.7, 0, 1)
     probs = np.stack([1 - p1, p1], 1)
-    m = ev.single_label_metrics(y, probs, ["Normal", "Pneumonia"], threshold=0.4, n_boot=0)
+    m = mt.single_label_metrics(y, probs, ["Normal", "Pneumonia"], threshold=0.4, n_boot=0)
     pred = (p1 >= 0.4).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y, pred).ravel()
     assert m["positive_class"] == "Pneumonia" and m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
@@ -63,24 +64,24 @@ def test_binary_uses_the_threshold_on_the_disease_class():
     assert m["disease"]["Pneumonia"]["specificity"] == pytest.approx(tn / (tn + fp))
     assert m["auc"] == pytest.approx(skm.roc_auc_score(y, p1))
     # the disease class is the positive one whichever position it has
-    assert ev.positive_index(["Covid-19", "No_findings"]) == 0 and ev.positive_index(["Infected", "Normal"]) == 0
-    assert ev.positive_index(["Normal", "Pneumonia"]) == 1 and ev.positive_index(["a", "b"]) == 1
+    assert mt.positive_index(["Covid-19", "No_findings"]) == 0 and mt.positive_index(["Infected", "Normal"]) == 0
+    assert mt.positive_index(["Normal", "Pneumonia"]) == 1 and mt.positive_index(["a", "b"]) == 1
 
 
 def test_auc_with_ties_and_weights_matches_scikit_learn():
     scores = np.array([0.1, 0.4, 0.4, 0.4, 0.8, 0.8, 0.2, 0.9])
     positive = np.array([0, 1, 0, 1, 1, 0, 0, 1], bool)
-    assert ev.weighted_auc(scores, positive) == pytest.approx(skm.roc_auc_score(positive, scores))
+    assert mt.weighted_auc(scores, positive) == pytest.approx(skm.roc_auc_score(positive, scores))
     w = np.array([[1, 2, 0, 1, 3, 1, 1, 0]], float)
-    assert ev.weighted_auc(scores, positive, w)[0] == pytest.approx(skm.roc_auc_score(positive, scores, sample_weight=w[0]))
-    assert np.isnan(ev.weighted_auc(scores, np.zeros(8, bool)))
+    assert mt.weighted_auc(scores, positive, w)[0] == pytest.approx(skm.roc_auc_score(positive, scores, sample_weight=w[0]))
+    assert np.isnan(mt.weighted_auc(scores, np.zeros(8, bool)))
 
 
 def test_class_absent_from_a_split_gives_null_with_a_note_never_a_crash():
     y, probs = fixed_3class()
     keep = y != 2  # like CoronaHack's test split: no COVID-19 image
     y, probs = y[keep], probs[keep]
-    m = ev.single_label_metrics(y, probs, CLASSES3, n_boot=50)
+    m = mt.single_label_metrics(y, probs, CLASSES3, n_boot=50)
     covid = m["per_class"]["COVID-19"]
     assert covid["support"] == 0 and covid["recall"] is None and covid["auc"] is None and covid["f1"] is None
     assert m["disease"]["COVID-19"]["sensitivity"] is None
@@ -97,7 +98,7 @@ def test_multilabel_metrics_match_scikit_learn():
     Y = rng.integers(0, 2, (70, 3))
     probs = np.clip(0.35 * Y + rng.random((70, 3)) * 0.65, 0, 1)
     t = {"COVID-19": 0.6, "Pneumonia": 0.4, "Normal": 0.5}
-    m = ev.multilabel_metrics(Y, probs, ["COVID-19", "Pneumonia", "Normal"], t, n_boot=0)
+    m = mt.multilabel_metrics(Y, probs, ["COVID-19", "Pneumonia", "Normal"], t, n_boot=0)
     P = (probs >= np.array([0.6, 0.4, 0.5])).astype(int)
     assert m["exact_match"] == pytest.approx(skm.accuracy_score(Y, P))  # subset accuracy
     assert m["macro_f1"] == pytest.approx(skm.f1_score(Y, P, average="macro"))
@@ -118,13 +119,13 @@ def test_threshold_tuning_finds_the_known_best_threshold():
     # F1 = 8/9, better than any other cut; the threshold goes half way to the next lower score (0.2)
     scores = np.array([0.9, 0.8, 0.35, 0.3, 0.7, 0.2, 0.1, 0.05])
     positive = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
-    t, f1 = ev.best_f1_threshold(scores, positive)
+    t, f1 = mt.best_f1_threshold(scores, positive)
     assert t == pytest.approx(0.25) and f1 == pytest.approx(8 / 9)
     grid = np.linspace(0, 1, 1001)
     assert f1 == pytest.approx(max(skm.f1_score(positive, scores >= g, zero_division=0) for g in grid))
     Y = np.stack([positive, ~positive, np.zeros(8, bool)], 1).astype(int)  # b: the labels swapped
     probs = np.stack([scores, 1 - scores, scores], 1)
-    thresholds, notes = ev.tune_thresholds(Y, probs, ["a", "b", "empty"])
+    thresholds, notes = mt.tune_thresholds(Y, probs, ["a", "b", "empty"])
     # label b: negatives score 0.3 0.8 0.9 0.95 and positives 0.1 0.2 0.65 0.7: the best cut is >= 0.8 (F1 6/7)
     assert thresholds["a"] == pytest.approx(0.25) and thresholds["b"] == pytest.approx((0.8 + 0.7) / 2)
     assert thresholds["empty"] == 0.5 and "empty" in notes[0]
@@ -136,13 +137,13 @@ def test_bootstrap_is_seeded_and_patient_level_resampling_is_wider():
     p1 = np.clip(0.3 * y1 + 0.7 * rng.random(40), 0, 1)
     y, p = np.repeat(y1, 10), np.repeat(p1, 10)  # 40 patients with 10 identical images each
     probs = np.stack([1 - p, p], 1)
-    by_patient = ev.single_label_metrics(y, probs, ["Normal", "Pneumonia"], groups=np.repeat(np.arange(40), 10), n_boot=400)
-    by_image = ev.single_label_metrics(y, probs, ["Normal", "Pneumonia"], n_boot=400)
-    again = ev.single_label_metrics(y, probs, ["Normal", "Pneumonia"], groups=np.repeat(np.arange(40), 10), n_boot=400)
+    by_patient = mt.single_label_metrics(y, probs, ["Normal", "Pneumonia"], groups=np.repeat(np.arange(40), 10), n_boot=400)
+    by_image = mt.single_label_metrics(y, probs, ["Normal", "Pneumonia"], n_boot=400)
+    again = mt.single_label_metrics(y, probs, ["Normal", "Pneumonia"], groups=np.repeat(np.arange(40), 10), n_boot=400)
     assert by_patient["ci"] == again["ci"]
     assert "patient-level: 40 patients / 400 images" in by_patient["ci"]["method"]
     assert "image-level" in by_image["ci"]["method"]
-    for k in ev.HEADLINE:
+    for k in mt.HEADLINE:
         lo, hi = by_patient["ci"][k]
         assert lo <= by_patient[k] <= hi
         assert hi - lo > 1.5 * (by_image["ci"][k][1] - by_image["ci"][k][0])
@@ -188,7 +189,7 @@ def test_run_folder_gets_metrics_figures_and_report(table3, tmp_path):
     for split in ("valid", "test"):
         m = result[split]
         assert m["n"] == int((table3["split"] == split).sum())
-        assert all(len(m["ci"][k]) == 2 for k in ev.HEADLINE) and "patient-level" in m["ci"]["method"]
+        assert all(len(m["ci"][k]) == 2 for k in mt.HEADLINE) and "patient-level" in m["ci"]["method"]
         assert np.array(m["confusion_matrix"]["counts"]).sum() == m["n"]
     pngs = ["curves.png", "confusion_valid.png", "confusion_test.png", "roc_valid.png", "roc_test.png",
             "gallery_valid.png", "gallery_test.png", "gradcam_test.png"]
@@ -261,9 +262,32 @@ def test_evaluate_on_other_data_maps_classes_and_reports_unknown_ones(model_dir,
     # the probabilities are the ones `predict` gives
     from cxr_fast.inference import Predictor
     table = pd.DataFrame({"path": sorted(str(p) for p in (other_data / "COVID-19").glob("*.png"))})
-    learn, _ = ev.model_learner(model_dir, table["path"][0])
+    learn, _ = model_learner(model_dir, table["path"][0])
     predicted = Predictor.from_dir(model_dir).predict_proba(table["path"].tolist())[0]
     assert np.allclose(ev.learner_probs(learn, table, False), predicted, atol=1e-4)
+
+
+def model_learner(model_dir, sample_path, bs=32):
+    """(fastai Learner, meta) for a model dir: its weights (weights_only) and the training-time item and batch
+    transforms (resize, ImageNet normalisation, no augmentation), for test DataLoaders."""
+    from fastai.learner import Learner
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+
+    from cxr_fast.blocks import cxr_datablock
+    from cxr_fast.modelio import load_model_module
+    model, meta = load_model_module(model_dir)
+    classes, multilabel = list(meta["classes"]), bool(meta["multilabel"])
+    stub = pd.DataFrame({"path": [str(sample_path)] * 2, "patient_id": ["a", "b"], "split": ["train", "valid"],
+                         "source": "model"})
+    if multilabel: stub = stub.assign(**{c: 0 for c in classes})
+    else: stub["label"] = classes[0]
+    stub.attrs.update(classes=classes, multilabel=multilabel)
+    size = meta["img_size"]
+    size = tuple(size) if isinstance(size, (list, tuple)) else int(size)
+    dls = cxr_datablock(stub, size, aug="none", resize_method=meta.get("resize_method") or "squish").dataloaders(
+        stub, bs=bs, num_workers=0)
+    learn = Learner(dls, model.to(dls.device), loss_func=BCEWithLogitsLossFlat() if multilabel else CrossEntropyLossFlat())
+    return learn, meta
 
 
 def test_multilabel_data_is_matched_label_by_label():

@@ -16,10 +16,10 @@ from cxr_fast import cli, modelio
 from cxr_fast.blocks import get_dls
 from cxr_fast.errors import CxrError, WeightsError
 from cxr_fast.models import named_layer
+from cxr_fast.plans import apply_stage, check_plan, fit_stage, parse_lr, parse_plan, to_fastai_lr
 from cxr_fast.table import build_table
-from cxr_fast.training import (apply_stage, check_plan, class_weight_values, cxr_learner, fit_stage, parse_lr,
-                               parse_plan, resolve_config, sampling_weights, subsample_majority_train, to_fastai_lr,
-                               train)
+from cxr_fast.training import (class_weight_values, cxr_learner, resolve_config, sampling_weights,
+                               subsample_majority_train, train)
 
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none")  # timm's 0.5M-param resnet
 
