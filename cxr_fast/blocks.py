@@ -3,12 +3,16 @@ import os
 
 import numpy as np
 from PIL import Image
+from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
 from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, MultiCategoryBlock,
-                               Normalize, PILImage, Resize, ResizeMethod, aug_transforms, imagenet_stats)
+                               Normalize, PILImage, Resize, Transform, aug_transforms, imagenet_stats)
+from fastcore.basics import fastuple
 
+from .cache import make_cache
 from .errors import DataError
 from .images import load_image, preprocess, to_rgb
-from .table import classes_of, is_multilabel, validate_table
+from .resize import check_method, squish, target_hw
+from .table import classes_of, is_multilabel, validate_table, write_atomic
 
 AUG_PRESETS = {
     "none": {},
@@ -16,7 +20,6 @@ AUG_PRESETS = {
     "cxr-flip": dict(do_flip=True, flip_vert=False, max_rotate=10.0, max_zoom=1.1, max_lighting=0.2, max_warp=0.0),
     "fastai": dict(),  # fastai's aug_transforms() defaults
 }
-RESIZE_METHODS = {"squish": ResizeMethod.Squish, "pad": ResizeMethod.Pad, "crop": ResizeMethod.Crop}
 
 
 class CxrImage(PILImage):
@@ -28,6 +31,23 @@ class CxrImage(PILImage):
         if isinstance(fn, (str, os.PathLike)): return cls(to_rgb(load_image(fn)))
         if isinstance(fn, Image.Image): return cls(to_rgb(fn))
         return super().create(fn, **kwargs)
+
+
+class SquishResize(Transform):
+    "The DataBlock's squish: `resize.squish`, the function the cache and predict call (fastai's Resize does the same)."
+    order = 1  # where fastai's Resize runs: on the decoded image, before ToTensor
+
+    def __init__(self, size):
+        h, w = target_hw(size)
+        self.size, self.method = fastuple(w, h), "squish"  # (w, h), as fastai's Resize keeps it
+
+    def encodes(self, img: PILImage): return type(img)(squish(img, (self.size[1], self.size[0])))
+
+
+def item_resize(size, method="squish"):
+    "The item transform that resizes: SquishResize, or fastai's Resize for pad/crop (random crop position in training)."
+    if check_method(method) == "squish": return SquishResize(size)
+    return Resize(size, method=method)
 
 
 class ReadImage:
@@ -64,14 +84,11 @@ def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None
         y_block, get_y = MultiCategoryBlock(encoded=True, vocab=classes), ColReader(classes)
     else:
         y_block, get_y = CategoryBlock(vocab=classes, sort=False), ColReader("label")  # keep our order
-    if resize_method not in RESIZE_METHODS:
-        raise DataError(f"unknown resize method {resize_method!r}; choose one of: {', '.join(RESIZE_METHODS)}")
+    item_tfm = item_resize(size, resize_method)
     valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
-    from .cache import make_cache
-    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=ReadImage(make_cache(cache, size, resize_method, preprocessing), preprocessing),
-                     get_y=get_y,
-                     splitter=IndexSplitter(valid_idx),
-                     item_tfms=Resize(size, method=RESIZE_METHODS[resize_method]),
+    get_x = ReadImage(make_cache(cache, size, resize_method, preprocessing), preprocessing)
+    return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=get_x, get_y=get_y,
+                     splitter=IndexSplitter(valid_idx), item_tfms=item_tfm,
                      batch_tfms=[*aug_tfms(aug, size), Normalize.from_stats(*imagenet_stats)])
 
 
@@ -100,7 +117,6 @@ def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_worke
     num_workers = default_num_workers(cached=cache not in (None, False)) if num_workers is None else num_workers
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:
-        from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
         is_train = (part["split"] == "train").to_numpy()
         if len(weights) != is_train.sum():
             raise DataError(f"{len(weights)} sampling weights for {is_train.sum()} train rows")
@@ -128,7 +144,6 @@ def save_show_batch(dls, out_png, max_n=16):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     dls.show_batch(max_n=max_n, figsize=(10, 10))
-    from .table import write_atomic
     write_atomic(out_png, lambda p: plt.savefig(p, format="png", bbox_inches="tight", dpi=80))
     plt.close("all")
     return out_png

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import resize
 from .images import load_image, preprocess
 from .table import write_atomic
 
@@ -32,13 +33,8 @@ def file_digest(path, chunk=1 << 20):
 
 
 def resize_for_cache(img, size, squish=True):
-    """Squish to size x size (what fastai's Resize(method='squish') does, bilinear), or, for pad/crop
-    resizing, shrink keeping the aspect ratio so the short side is `size` (fastai then pads/crops)."""
-    if squish: return img.resize((size, size), Image.BILINEAR)
-    w, h = img.size
-    scale = size / min(w, h)
-    if scale >= 1: return img
-    return img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    "Squished to size x size (resize.squish, as the DataBlock and predict), or for pad/crop shrunk keeping the aspect."
+    return resize.squish(img, size) if squish else resize.shrink_short_side(img, size)
 
 
 class ImageCache:

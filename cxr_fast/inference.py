@@ -38,10 +38,11 @@ from PIL import Image
 from .args import as_bool, as_float, as_int
 from .errors import CxrError, DataError, ModelFormatError
 from .images import IMAGE_SUFFIXES, is_dicom_file, load_image, preprocess
-from .table import positive_index
-from .table import write_atomic
+from .gradcam import gradcam, overlay
+from .modelio import PICKLE_NAME, load_model_module, locate_model_dir
+from .resize import RESIZE_METHODS, resizer
+from .table import positive_index, write_atomic
 
-PICKLE_NAME = "export.pkl"
 GLOB_CHARS = set("*?[")
 DEFAULT_MULTILABEL_THRESHOLD = 0.5
 # max abs probability difference, bf16 autocast + channels-last vs fp32: `make bench` measured 0.071 on 299 real
@@ -119,25 +120,15 @@ def collect_inputs(inputs):
 # ---- preprocessing ------------------------------------------------------------------------
 
 def make_resizer(img_size, resize_method="squish"):
-    "The valid-time fastai `Resize(img_size, method)` as a function of a PIL image."
-    h, w = (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
-    if resize_method == "squish":  # fastai: crop_pad to the full image (a no-op), then resize with BILINEAR
-        return lambda img: img.resize((w, h), Image.BILINEAR)
-    from fastai.vision.augment import Resize
-    from fastai.vision.core import PILImage
-
-    from .blocks import RESIZE_METHODS
+    "The valid-time resize of training (resize.resizer) for a model.json's size and method."
     if resize_method not in RESIZE_METHODS:
         raise ModelFormatError(f"unknown resize_method {resize_method!r} in model.json; "
                                f"one of {', '.join(RESIZE_METHODS)}")
-    tfm = Resize((h, w), method=RESIZE_METHODS[resize_method])
-    # split_idx=1: the valid-time (centred, deterministic) crop/pad; PILImage: fastai keeps the input's type
-    return lambda img: tfm(PILImage(img), split_idx=1)
+    return resizer(img_size, resize_method)
 
 
 def tta_views(x, views=TTA_VIEWS):
     "The TTA views of a float batch (N, C, H, W): each a zoomed/shifted crop resized back (bilinear)."
-    import torch.nn.functional as F
     h, w = x.shape[-2:]
     out = []
     for zoom, dy, dx in views:
@@ -148,7 +139,7 @@ def tta_views(x, views=TTA_VIEWS):
         top = min(max(round((h - ch) / 2 + dy * h), 0), h - ch)
         left = min(max(round((w - cw) / 2 + dx * w), 0), w - cw)
         crop = x[..., top:top + ch, left:left + cw]
-        out.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
+        out.append(torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
     return out
 
 
@@ -163,30 +154,15 @@ def _default_workers():
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _locate(model_dir):
-    "(folder, kind): kind 'safe' (model.json + model.pth) or 'pickle' (only export.pkl)."
-    path = Path(model_dir).expanduser()
-    for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file(): return candidate, "safe"
-    for candidate in (path, path / "model"):
-        if (candidate / PICKLE_NAME).is_file(): return candidate, "pickle"
-    if not path.exists(): raise ModelFormatError(f"model directory {path} does not exist")
-    raise ModelFormatError(f"{path} is not a cxr_fast model directory (no model.json or {PICKLE_NAME} in it "
-                           f"or in {path / 'model'}); give the model/ folder a `train` run wrote")
-
-
 def meta_from_learner(learn):
     "A model.json-like description of a fastai Learner (for a model loaded from export.pkl)."
-    from fastai.data.transforms import Normalize
-    from fastai.vision.augment import Resize
-
-    from .blocks import RESIZE_METHODS
+    from fastai.data.transforms import Normalize  # fastai only here: an export.pkl is a fastai Learner
     y_tfms = [type(t).__name__ for t in learn.dls.tls[1].tfms.fs] if hasattr(learn.dls, "tls") else []
     multilabel = any("MultiCategorize" in n for n in y_tfms)
-    resize = next((t for t in learn.dls.after_item.fs if isinstance(t, Resize)), None)
+    resize = next((t for t in learn.dls.after_item.fs if hasattr(t, "size") and hasattr(t, "method")), None)  # a Resize
     norm = next((t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)), None)
     if resize is None: raise ModelFormatError(f"{PICKLE_NAME}: its DataLoaders have no Resize transform; cannot tell the input size")
-    method = next((k for k, v in RESIZE_METHODS.items() if v == resize.method), "squish")
+    method = resize.method if resize.method in RESIZE_METHODS else "squish"
     w, h = resize.size
     mean, std = ((norm.mean.flatten().tolist(), norm.std.flatten().tolist()) if norm is not None
                  else ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
@@ -219,8 +195,7 @@ class Predictor:
     def from_dir(cls, model_dir, device=None, unsafe_pickle=False, **kwargs):
         """Load a model dir (or a run dir holding model/). Weights load with weights_only=True; a dir with
         only fastai's export.pkl loads only with `unsafe_pickle=True` (unpickling runs code from the file)."""
-        from .modelio import load_model_module
-        folder, kind = _locate(model_dir)
+        folder, kind = locate_model_dir(model_dir)
         device = _default_device(device)
         if kind == "safe":
             model, meta = load_model_module(folder, device="cpu")  # map_location cpu: GPU-trained models load anywhere
@@ -319,7 +294,6 @@ class Predictor:
 
     def write_gradcams(self, x_u8, names, folder):
         "Grad-CAM overlays (PNG) of a uint8 batch, for the predicted class, named `names` in `folder`."
-        from .gradcam import gradcam, overlay
         folder = Path(folder)
         with torch.enable_grad():
             heat = gradcam(self.model, self.to_input(x_u8))
@@ -390,6 +364,11 @@ class Predictor:
         sub = pd.DataFrame({"id": ids})
         for c in self.classes: sub[c] = (ok[f"p_{c}"].to_numpy() >= t[c]).astype(int)
         return sub
+
+
+def load_model(model_dir, device=None, unsafe_pickle=False, **options):
+    "A `Predictor` for a model dir (or run dir): `.predict(paths) -> DataFrame`; options: bf16, channels_last."
+    return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle, **options)
 
 
 def _unique_stems(paths):

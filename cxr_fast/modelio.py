@@ -1,4 +1,4 @@
-"""The model directory: weights as a plain tensor file + a JSON description. Loads without unpickling code.
+"""The model directory, its one owner: find, read, write, and load the weights. Loads without unpickling code.
 
     MODEL_DIR/model.pth    state_dict (torch.save), read with torch.load(weights_only=True)
     MODEL_DIR/model.json   arch, head, classes, task, image size, normalisation, thresholds, data, metrics
@@ -10,20 +10,33 @@ from pathlib import Path
 import torch
 
 from .errors import ModelFormatError
+from .models import build_model
 from .table import write_atomic
 from .version import __version__
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "head", "n_out", "classes", "task", "multilabel", "img_size", "normalize")
+PICKLE_NAME = "export.pkl"
+
+
+def locate_model_dir(path):
+    "(folder, kind) of a model dir or a run dir's model/: kind 'safe' (model.json + model.pth) or 'pickle' (export.pkl only)."
+    path = Path(path).expanduser()
+    for name, kind in (("model.json", "safe"), (PICKLE_NAME, "pickle")):
+        for candidate in (path, path / "model"):
+            if (candidate / name).is_file(): return candidate, kind
+    if not path.exists(): raise ModelFormatError(f"model directory {path} does not exist")
+    raise ModelFormatError(f"{path} is not a cxr_fast model directory (no model.json or {PICKLE_NAME} in it "
+                           f"or in {path / 'model'}); give the model/ folder a `train` run wrote")
 
 
 def find_model_dir(path):
-    "A model dir itself, or the `model/` folder of a run dir."
-    path = Path(path).expanduser()
-    for candidate in (path, path / "model"):
-        if (candidate / "model.json").is_file(): return candidate
-    raise ModelFormatError(f"{path} is not a cxr_fast model directory (no model.json in it or in {path / 'model'}); "
-                           f"give the model/ folder a `train` run wrote")
+    "A model dir itself, or the `model/` folder of a run dir (one with model.json)."
+    folder, kind = locate_model_dir(path)
+    if kind != "safe":
+        raise ModelFormatError(f"{folder} holds only fastai's {PICKLE_NAME}, no model.json; "
+                               f"give the model/ folder a `train` run wrote")
+    return folder
 
 
 def read_model_json(model_dir):
@@ -53,25 +66,26 @@ def save_model_dir(model, model_dir, meta, learn=None):
     write_atomic(model_dir / "model.pth", lambda p: torch.save(state, p))
     write_atomic(model_dir / "model.json", lambda p: p.write_text(json.dumps(meta, indent=1, default=str)))
     if learn is not None:
-        write_atomic(model_dir / "export.pkl", lambda p: learn.export(p.resolve()))
+        write_atomic(model_dir / PICKLE_NAME, lambda p: learn.export(p.resolve()))
     return model_dir
+
+
+def read_state_dict(model_dir, device="cpu"):
+    "The weights of a model dir (or run dir) as a state dict, read with torch.load(weights_only=True)."
+    path = find_model_dir(model_dir) / "model.pth"
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ModelFormatError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from None
 
 
 def load_model_module(model_dir, device="cpu"):
     "(torch module in eval mode, meta) from a model dir, weights read with weights_only=True."
-    from .models import build_model
     model_dir = find_model_dir(model_dir)
     meta = read_model_json(model_dir)
-    model = build_model(meta["arch"], meta["n_out"], meta["head"], pretrained=False)
+    model = build_model(meta["arch"], meta["n_out"], meta["head"])  # random init: the weights come from model.pth
     try:
-        state = torch.load(model_dir / "model.pth", map_location=device, weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(read_state_dict(model_dir, device))
     except Exception as e:
         raise ModelFormatError(f"{model_dir / 'model.pth'}: weights do not load into {meta['arch']} ({e})") from None
     return model.to(device).eval(), meta
-
-
-def load_model(model_dir, device=None, unsafe_pickle=False, **options):
-    "A `Predictor` for a model dir (see inference.py): `.predict(paths) -> DataFrame`; options: bf16, channels_last."
-    from .inference import Predictor
-    return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle, **options)

@@ -26,19 +26,21 @@ from fastcore.meta import delegates
 
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
 from .args import as_bool, as_choice, as_float, as_int, as_list
-from .blocks import AUG_PRESETS, RESIZE_METHODS, get_dls
+from .blocks import AUG_PRESETS, get_dls
 from .checkpoints import BestModel, EarlyStop, RunCheckpoint, check_resume, load_last, next_position, resume_hook
 from .data import load_table
 from .errors import CxrError
 from .images import PREPROCESS
 from .losses import LOSSES, inverse_frequency_weights, make_loss, resolve_loss_name
 from .modelio import save_model_dir
-from .models import build_model, check_arch, default_head, ensure_pretrained_available, load_body_weights, splitter_for
+from .models import build_model, check_arch, default_head, default_size, input_spec, splitter_for
 from .plans import check_plan, default_plan, fit_stage, lr_uses_auto, parse_lr, parse_plan
 from .precision import CpuBF16Autocast
+from .resize import RESIZE_METHODS
 from .table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table, write_atomic,
                     write_table)
 from .version import __version__
+from .weights import describe_provenance, ensure_pretrained_available, init_weights
 
 OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is not given
     "adamw": (Adam, 0.01),                                # fastai's default: Adam with decoupled weight decay
@@ -64,14 +66,16 @@ def metric_names(multilabel):
 def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, loss_func=None, metrics=None,
                 **kwargs):
     """A fastai Learner for `arch` (models.build_model + splitter_for): body frozen when it starts from
-    ImageNet (`pretrained`) or from `weights` (a weights file, or a cxr_fast model/run dir to transfer from)."""
+    pretrained weights (`pretrained`, see weights.py) or from `weights` (a weights file, or a cxr_fast model/run
+    dir to transfer from). `learn.start_weights` records where the body's weights came from."""
     multilabel = (is_multilabel(dls.table) if hasattr(dls, "table")
                   else isinstance(dls.train_ds[0][1], TensorMultiCategory))
-    model = build_model(arch, dls.c, head or default_head(), pretrained=bool(pretrained and not weights))
-    if weights: load_body_weights(model, arch, weights)
+    model = build_model(arch, dls.c, head or default_head())
+    start_weights = init_weights(model, arch, pretrained=pretrained, weights=weights)
     learn = Learner(dls, model, loss_func=loss_func or make_loss("auto", multilabel),
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
+    learn.start_weights = start_weights
     if pretrained or weights: learn.freeze()
     return learn
 
@@ -145,6 +149,7 @@ def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
 def resolve_config(c):
     "Check and coerce every option (the same for the CLI and Python); returns the configuration dict."
     check_arch(c["arch"])
+    c = {**c, "size": default_size(c["arch"]) if c["size"] is None else c["size"]}
     out = {**c}
     for key in ("pretrained", "lr_find", "oversample", "save_best", "train_bn", "mixed_precision", "bf16",
                 "export_pkl", "resume", "overwrite", "concat_pool"):
@@ -243,6 +248,7 @@ def model_meta(config, table, learn, results):
             "img_size": config["size"], "resize_method": config["resize_method"],
             "preprocessing": config["preprocessing"],
             "normalize": {"mean": list(imagenet_stats[0]), "std": list(imagenet_stats[1])},
+            "input_adapter": input_spec(config["arch"]), "weights": getattr(learn, "start_weights", None),
             "thresholds": (results or {}).get("thresholds") or default_thresholds(classes, multilabel),
             "data": {"source": table.attrs.get("source") or config["source"], "task": config["task"],
                      "split_method": table.attrs.get("split_method", "as given"),
@@ -283,7 +289,7 @@ def find_lr(learn, config, saved):
 
 def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out=None, plan=None, epochs=5,
           freeze_epochs=1, lr=2e-3, lr_find=False, pretrained=True, weights=None, hidden=None, dropout=0.5,
-          concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=224, aug="cxr", resize_method="squish",
+          concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=None, aug="cxr", resize_method="squish",
           preprocessing="none",
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
@@ -296,7 +302,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
 
     Args:
       source, root, task: the dataset (data.load_table; several sources joined by '+'); or table=: a canonical table
-      arch: resnet18, resnet34, resnet50, vgg16, vgg16_bn, densenet121 or any timm model name
+      arch: resnet18, resnet34, resnet50, vgg16, vgg16_bn, densenet121, xrv-densenet121-res224-all (and the other
+        torchxrayvision weights), xrv-resnet50-res512-all or any timm model name (tf_efficientnet_lite0: pip weights)
       out: the run folder
       plan: freeze plan, 'WHAT:EPOCHS[@LR],...' or a list of {train, epochs, lr} dicts (module docstring);
         default: fine_tune(epochs, lr, freeze_epochs) for a pretrained body, else fit_one_cycle(epochs, lr)
@@ -307,6 +314,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       opt: adamw (fastai's Adam, decoupled weight decay, wd 0.01), adam (L2, wd 0), sgd (momentum .9, wd 0)
       wd: weight decay; clip: gradient-norm clipping (fastai GradientClip)
       bs, size, aug, resize_method, seed: batch size, image size, augmentation preset, squish/pad/crop, seed
+        (size: the arch's pretraining size when None: 224, 512 for xrv-resnet50-res512-all, 240/260 for lite1/2)
       preprocessing: none or equalize (histogram equalisation at full resolution, before resizing; saved in
         model.json so predict does the same)
       loss: auto (ce or bce), ce, bce, focal (focal_alpha, focal_gamma); label_smoothing (ce);
@@ -343,6 +351,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
     learn = build_learner(config, table, run_dir)
     check_plan(learn, config["plan"])
     config["lr_suggestion"] = find_lr(learn, config, saved)
+    config["start_weights"] = learn.start_weights
+    print(f"starting weights: {describe_provenance(learn.start_weights)}")
     write_config(config, run_dir)
     device = getattr(learn.dls, "device", None) or "cpu"
     ckpt = load_last(run_dir / "checkpoints" / "last.pth", device) if config["resume"] else None
