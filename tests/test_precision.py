@@ -1,0 +1,207 @@
+"""Precision chosen by the machine: the decision on fake CPU flags, this machine, the deprecated aliases,
+the once-only warning, the training callbacks, GradScaler state across a resume; and the machine record."""
+import warnings
+
+import pytest
+import torch
+
+from cxr_fast import precision as P
+from cxr_fast.errors import CxrError
+from cxr_fast.machine import cpu_flags, cpu_model, default_threads, machine_info, set_threads, usable_cores
+
+AVX2_EPYC = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}            # the AMD EPYC of issue #13
+AVX512_NO_BF16 = AVX2_EPYC | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+SAPPHIRE_RAPIDS = AVX512_NO_BF16 | {"avx512_bf16", "amx_bf16", "amx_tile"}
+
+
+@pytest.mark.parametrize("flags, expected", [(AVX2_EPYC, "fp32"), (AVX512_NO_BF16, "fp32"),
+                                             (AVX512_NO_BF16 | {"avx512_bf16"}, "bf16"), (SAPPHIRE_RAPIDS, "bf16"),
+                                             (set(), "fp32")])
+def test_auto_on_fake_cpu_flags(flags, expected):
+    p = P.decide_precision("auto", "cpu", flags=flags, env={})
+    assert p.name == expected and p.requested == "auto" and p.device == "cpu" and not p.channels_last
+    assert ("native bf16" in p.reason) and p.reason.startswith("auto")
+
+
+def test_auto_respects_onednn_isa_cap():
+    "A bf16 CPU with oneDNN capped to AVX2 (ONEDNN_MAX_CPU_ISA) emulates bf16: auto picks fp32 and says why."
+    p = P.decide_precision("auto", "cpu", flags=SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert p.name == "fp32" and "ONEDNN_MAX_CPU_ISA" in p.reason
+    assert P.decide_precision("auto", "cpu", flags=SAPPHIRE_RAPIDS, env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}).name == "bf16"
+
+
+def test_auto_on_this_machine(monkeypatch):
+    "This machine's answer follows its own /proc/cpuinfo flags; capped to AVX2 (issue #13's EPYC) it is fp32."
+    native = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    assert P.decide_precision("auto", "cpu").name == ("bf16" if native else "fp32")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert P.decide_precision("auto", "cpu").name == "fp32"
+    assert not P.cpu_supports_bf16()
+
+
+def test_cuda_choices_and_errors():
+    p = P.decide_precision("auto", "cuda")
+    assert (p.name, p.channels_last) == ("fp16", True) and "gradient scaler" in p.reason
+    assert P.decide_precision("fp32", "cuda").name == "fp32"
+    assert P.decide_precision("bf16", "cuda", cuda_bf16=True).name == "bf16"
+    with pytest.raises(CxrError, match="no bf16"): P.decide_precision("bf16", "cuda", cuda_bf16=False)
+    with pytest.raises(CxrError, match="needs a CUDA device"): P.decide_precision("fp16", "cpu")
+    with pytest.raises(CxrError, match="auto, fp32, bf16, fp16"): P.decide_precision("fp8", "cpu")
+    assert P.decide_precision(" BF16 ", "cpu", flags=SAPPHIRE_RAPIDS).name == "bf16"
+
+
+def test_record_and_console_line():
+    p = P.decide_precision("auto", "cpu", flags=AVX2_EPYC, env={})
+    d = p.as_dict()
+    assert d == {"name": "fp32", "requested": "auto", "device": "cpu", "channels_last": False, "reason": p.reason}
+    assert p.line().startswith("precision: fp32 on cpu (asked: auto;")
+    assert p.dtype is None and P.decide_precision("bf16", "cpu").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kwargs, device, expected, aliased", [
+    (dict(bf16=True), "cpu", "bf16", True), (dict(bf16=False), "cpu", "fp32", True),
+    (dict(mixed_precision=True), "cpu", "auto", False),          # it never applied to a CPU
+    (dict(mixed_precision=True, bf16=False), "cpu", "fp32", True),
+    (dict(mixed_precision=True), "cuda", "fp16", True), (dict(mixed_precision=False), "cuda", "fp32", True),
+    (dict(bf16=True, mixed_precision=True), "cuda", "bf16", True), (dict(bf16=False), "cuda", "auto", False),
+    (dict(precision="fp32", bf16=False), "cpu", "fp32", True), (dict(), "cpu", "auto", False),
+    (dict(precision=None), "cpu", "auto", False),
+])
+def test_deprecated_aliases(kwargs, device, expected, aliased):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        name, note = P.precision_from_aliases(device=device, **kwargs)
+    assert name == expected
+    assert bool(note) == aliased == any(issubclass(w.category, DeprecationWarning) for w in caught)
+    if note: assert "deprecated: use --precision" in note
+
+
+def test_alias_contradicting_precision_is_an_error():
+    with pytest.raises(CxrError, match="contradicts"):
+        P.precision_from_aliases("fp32", bf16=True, device="cpu")
+
+
+def test_resolve_keeps_the_alias_in_the_reason():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = P.resolve_precision(bf16=False, device="cpu")
+    assert p.name == "fp32" and "--bf16" in p.reason and "deprecated" in p.reason
+
+
+def test_emulated_bf16_warns_once_with_the_measured_cost(monkeypatch):
+    monkeypatch.setattr(P, "cpu_supports_bf16", lambda flags=None, env=None: False)
+    monkeypatch.setattr(P, "measure_bf16_cost", lambda: 7.9)
+    monkeypatch.setattr(P, "_warned_bf16", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3): assert P.resolve_precision("bf16", device="cpu").name == "bf16"
+        P.resolve_precision("fp32", device="cpu")
+    slow = [w for w in caught if issubclass(w.category, P.PrecisionWarning)]
+    assert len(slow) == 1 and "7.9x slower" in str(slow[0].message) and "--precision auto or fp32" in str(slow[0].message)
+
+
+def test_native_bf16_does_not_warn(monkeypatch):
+    monkeypatch.setattr(P, "cpu_supports_bf16", lambda flags=None, env=None: True)
+    monkeypatch.setattr(P, "_warned_bf16", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", P.PrecisionWarning)
+        P.resolve_precision("bf16", device="cpu")
+
+
+def test_measure_bf16_cost_is_a_ratio():
+    assert P.measure_bf16_cost() > 0
+
+
+def _synth_learner():
+    from fastai.test_utils import synth_learner
+    return synth_learner(n_trn=3)
+
+
+def test_apply_precision_callbacks():
+    learn = P.apply_precision(_synth_learner(), P.decide_precision("bf16", "cpu"))
+    assert any(isinstance(cb, P.CpuBF16Autocast) for cb in learn.cbs)
+    learn = P.apply_precision(_synth_learner(), P.decide_precision("fp32", "cpu"))
+    assert not any(isinstance(cb, (P.CpuBF16Autocast, P.DeviceMixedPrecision, P.ChannelsLast)) for cb in learn.cbs)
+    learn = P.apply_precision(_synth_learner(), P.decide_precision("auto", "cuda"))  # callbacks only, nothing runs
+    assert any(isinstance(cb, P.DeviceMixedPrecision) for cb in learn.cbs)
+    assert any(isinstance(cb, P.ChannelsLast) for cb in learn.cbs)
+
+
+def test_bf16_autocast_training_step_runs_on_cpu():
+    learn = P.apply_precision(_synth_learner(), P.decide_precision("bf16", "cpu"))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
+
+
+def test_grad_scaler_state_survives_a_resume():
+    "fp16 with a CPU GradScaler (torch.amp on CPU): the scale saved mid-run is where the next fit starts."
+    from fastai.callback.core import Callback
+
+    class Grab(Callback):
+        order = 20
+        def after_step(self): self.state = P.scaler_state(self.learn)
+
+    class Peek(Callback):
+        order = 11  # after DeviceMixedPrecision's before_fit
+        def before_fit(self): self.scale = self.learn.scaler.get_scale()
+
+    learn, grab = _synth_learner(), Grab()
+    learn.add_cbs([P.DeviceMixedPrecision("fp16", "cpu", init_scale=2.0 ** 10, growth_interval=1), grab])
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    assert grab.state["scale"] > 2.0 ** 10  # grew once per step: the state is not the initial one
+    resumed, peek = _synth_learner(), Peek()
+    resumed.add_cbs([P.DeviceMixedPrecision("fp16", "cpu", growth_interval=1), peek])
+    P.set_scaler_state(resumed, grab.state)
+    with resumed.no_bar(), resumed.no_logging(): resumed.fit(1, 1e-2)
+    assert peek.scale == grab.state["scale"]
+    assert P.scaler_state(_synth_learner()) is None
+
+
+# ---- the machine --------------------------------------------------------------------------------
+
+def test_cpu_flags_and_model_from_cpuinfo_text():
+    text = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n"
+    assert cpu_flags(text) == {"fpu", "avx2", "fma"} and cpu_model(text) == "AMD EPYC 9B14"
+    assert cpu_flags("") == set()
+
+
+def test_threads_follow_the_machine(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_threads() == usable_cores() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_machine_info_records_what_a_benchmark_needs():
+    info = machine_info(workers=0, precision="fp32", shared=True)
+    for key in ("cpu_model", "cpu_flags", "cpu_flags_speed", "usable_cores", "torch", "torch_threads", "gpu"):
+        assert key in info
+    assert info["workers"] == 0 and info["precision"] == "fp32" and info["shared"] is True
+
+
+# ---- on a GPU (skipped without CUDA) ------------------------------------------------------------
+
+@pytest.mark.gpu
+def test_fp16_channels_last_training_on_cuda_and_scaler_state():
+    learn = _synth_learner()
+    learn.dls.to("cuda")
+    learn.model.cuda()
+    P.apply_precision(learn, P.decide_precision("auto", "cuda"))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_cuda_runs():
+    if not torch.cuda.is_bf16_supported(): pytest.skip("this GPU has no bf16")
+    learn = _synth_learner()
+    learn.dls.to("cuda")
+    learn.model.cuda()
+    P.apply_precision(learn, P.decide_precision("bf16", "cuda"))
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
