@@ -63,3 +63,15 @@ def as_path(value, name, must_exist=False):
     path = Path(str(value)).expanduser()
     if must_exist and not path.exists(): raise CxrError(f"{name} {path} does not exist")
     return path
+
+
+def as_type_of(value, default, name):
+    "A command-line value as the type of a parameter's default (a None value or a None default: as given)."
+    flag = name.replace("_", "-")
+    if value is None: return None
+    if isinstance(default, bool): return as_bool(value, flag)
+    if isinstance(default, int): return as_int(value, flag)
+    if isinstance(default, float): return as_float(value, flag)
+    if isinstance(default, (list, tuple)): return as_list(value, flag, type(default[0]) if default else str)
+    if isinstance(default, str): return str(value)
+    return value

@@ -1,14 +1,15 @@
 """Getting a canonical table from command-line style arguments (one source, several, or a saved CSV)."""
 import inspect
 
-from .args import as_bool, as_choice, as_float, as_int, as_list
+from .args import as_bool, as_choice, as_float, as_int, as_list, as_type_of
 from .errors import CxrError
 from .sources import SOURCES, get_source
 from .table import build_table, concat_tables, format_problems, read_table, summarize, write_table
 
 
 def source_options(source, options):
-    "Keep the options that `source`'s loader takes; an option no loader takes is an error naming it."
+    """The options `source`'s loader takes, each coerced to the type of the loader's default (the one place
+    `--kaggle-split false` becomes False, for table, train and evaluate alike); any other option is an error."""
     params = inspect.signature(get_source(source).load).parameters
     given = {k.replace("-", "_"): v for k, v in options.items() if v is not None}
     unknown = [k for k in given if k not in params]
@@ -16,7 +17,13 @@ def source_options(source, options):
         valid = [p for p in params if p not in ("root", "task", "seed")]
         raise CxrError(f"option(s) {', '.join('--' + k for k in unknown)} do not apply to source {source}"
                        f"{'; it takes ' + ', '.join('--' + v for v in valid) if valid else ''}")
-    return given
+    return {k: as_type_of(v, params[k].default, k) for k, v in given.items()}
+
+
+def typed_source_options(source, options):
+    "Source options as the loader takes them (source_options) for one source; as given for 'table' or several."
+    if source not in SOURCES: return dict(options)  # 'table', 'a+b', or an unknown name that load_table reports
+    return source_options(source, options)
 
 
 def load_table(source, root, task=None, valid_pct=0.2, test_pct=0.0, seed=42, classes=None, dedup="warn", **options):
@@ -72,8 +79,6 @@ def table_command(source, root, task=None, out=None, valid_pct=0.2, test_pct=0.0
       options: source options, e.g. --balance 0.045 --kaggle-split false (coronahack), --multi-image skip (siim)
     """
     dedup = as_choice(dedup, ["warn", "drop", "off"], "dedup")
-    for key in ("kaggle_split",):
-        if key in options: options[key] = as_bool(options[key], key.replace("_", "-"))
     df = load_table(source, root, task, valid_pct, test_pct, seed, classes, dedup, **options)
     print_table_report(df)
     if out:

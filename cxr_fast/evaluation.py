@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .args import as_bool, as_choice, as_int
+from .args import as_choice, as_int
 from .blocks import test_dl
-from .data import load_table
+from .data import load_table, typed_source_options
 from .errors import CxrError, DataError
 from .inference import Predictor
 from .jsonio import jsonable, read_json, write_json
@@ -173,6 +173,7 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     classes: map this data's class names onto the model's, 'COVID-19->Covid-19,Normal->No_findings'; data classes
     the model does not know are counted in the result's `unknown_classes`, not scored.
     split: 'all' (default) or one of the source's own splits (train/valid/test) to use."""
+    source_options = typed_source_options(source, source_options)
     mdir = find_model_dir(model_dir)
     predictor = Predictor.from_dir(mdir)
     meta = predictor.meta
@@ -238,8 +239,6 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
       gradcam: how many images get a Grad-CAM heatmap (0: none)
       source_options: source options, e.g. --kaggle-split false (coronahack)
     """
-    if "kaggle_split" in source_options:
-        source_options["kaggle_split"] = as_bool(source_options["kaggle_split"], "kaggle-split")
     result = evaluate(str(model_dir), str(source), str(root), task=task, out=out, classes=classes,
                       split=as_choice(split, ["all", "train", "valid", "test"], "split"), n_boot=as_int(n_boot, "n-boot", 0),
                       seed=as_int(seed, "seed"), bs=as_int(bs, "bs", 1), n_gradcam=as_int(gradcam, "gradcam", 0),

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .args import as_bool, as_float, as_int, as_list
+from .args import as_bool, as_int, as_type_of
 from .errors import CxrError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -97,19 +97,6 @@ def format_list(recipes):
 
 # ---- arguments -------------------------------------------------------------------------------
 
-def coerce(name, value, default):
-    "A command-line value as the type of the parameter's default (None, or a None default: as given)."
-    flag = name.replace("_", "-")
-    if value is None: return None
-    if isinstance(default, bool): return as_bool(value, flag)
-    if isinstance(default, int): return as_int(value, flag)
-    if isinstance(default, float): return as_float(value, flag)
-    if isinstance(default, (list, tuple)):
-        return as_list(value, flag, type(default[0]) if default else str)
-    if isinstance(default, str): return str(value)
-    return value
-
-
 def resolve_args(recipe_name, fn, kwargs):
     "kwargs checked against fn's signature (unknown names: one line listing the parameters) and coerced."
     params = named_parameters(fn)
@@ -120,7 +107,7 @@ def resolve_args(recipe_name, fn, kwargs):
         if name not in params and not open_ended:
             raise CxrError(f"recipe {recipe_name} has no parameter --{key}; its parameters are: "
                            + ", ".join("--" + p.replace("_", "-") for p in params))
-        out[name] = coerce(name, value, params[name].default) if name in params else value
+        out[name] = as_type_of(value, params[name].default, name) if name in params else value
     return out
 
 

@@ -28,7 +28,7 @@ from . import evaluation  # evaluation.evaluate_run, looked up at call time (tes
 from .args import as_bool, as_choice, as_float, as_int, as_list
 from .blocks import AUG_PRESETS, get_dls
 from .checkpoints import BestModel, EarlyStop, RunCheckpoint, check_resume, load_last, next_position, resume_hook
-from .data import load_table
+from .data import load_table, typed_source_options
 from .errors import CxrError
 from .images import PREPROCESS
 from .losses import LOSSES, inverse_frequency_weights, make_loss, resolve_loss_name
@@ -334,7 +334,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
         raise CxrError("give either a table or SOURCE ROOT (with source options), not both")
     if table is not None:
         given.update(source=table.attrs.get("source"), task=table.attrs.get("task") or task)
-    given["source_options"] = {k.replace("-", "_"): v for k, v in source_options.items()}
+    options = {k.replace("-", "_"): v for k, v in source_options.items()}
+    given["source_options"] = typed_source_options(given["source"], options)  # coerced once, by the loader's defaults
     config = resolve_config(given)
     if config["pretrained"]: ensure_pretrained_available(config["arch"])
     run_dir = Path(out or f"runs/{config['arch']}-{config['task'] or 'table'}").expanduser()

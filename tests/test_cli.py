@@ -1,3 +1,4 @@
+import pandas as pd
 import pytest
 
 from cxr_fast.args import as_bool, as_int, as_list
@@ -66,3 +67,41 @@ def test_download_returns_existing_copy(capsys, tmp_path):
     (tmp_path / "data" / "coronahack" / "x").write_text("")
     assert main(["download", "coronahack", "--data-dir", str(tmp_path / "data")]) == 0
     assert str(tmp_path / "data" / "coronahack") in capsys.readouterr().out
+
+
+# ---- --kaggle-split false: the string 'false' is true in Python, so each command must convert it -------
+
+def test_kaggle_split_false_reaches_the_source_as_false_in_table(coronahack_root, tmp_path):
+    out = tmp_path / "t.csv"
+    assert main(["table", "coronahack", str(coronahack_root), "--task", "normal-vs-pneumonia", "--kaggle-split", "false",
+                 "--out", str(out)]) == 0
+    assert "test" not in set(pd.read_csv(out)["split"])  # no test split carved: TEST rows joined the train pool
+
+
+def test_kaggle_split_false_reaches_the_source_as_false_in_train(coronahack_root, tmp_path, monkeypatch):
+    from cxr_fast import training
+
+    class Stop(Exception):
+        "Raised once the run's table.csv is written."
+
+    def stop(*args, **kwargs): raise Stop
+    monkeypatch.setattr(training, "build_learner", stop)
+    with pytest.raises(Stop):
+        main(["train", "coronahack", str(coronahack_root), "--task", "normal-vs-pneumonia", "--kaggle-split", "false",
+              "--pretrained", "false", "--out", str(tmp_path / "run")])
+    assert "test" not in set(pd.read_csv(tmp_path / "run" / "table.csv")["split"])
+
+
+def test_kaggle_split_false_reaches_the_source_as_false_in_evaluate(coronahack_root, tmp_path, capsys):
+    import torch
+
+    from cxr_fast.models import build_model, default_head
+    from cxr_fast.modelio import save_model_dir
+    torch.manual_seed(0)
+    meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Normal", "Pneumonia"],
+            "task": "normal-vs-pneumonia", "multilabel": False, "img_size": 32, "resize_method": "squish",
+            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "thresholds": {"positive": 0.5}}
+    model_dir = save_model_dir(build_model("resnet18", 2), tmp_path / "run" / "model", meta)
+    assert main(["evaluate", str(model_dir), "coronahack", str(coronahack_root), "--split", "test",
+                 "--kaggle-split", "false"]) == 2
+    assert "no images in split 'test'" in capsys.readouterr().err  # with kaggle_split true, TEST rows are the test split
