@@ -16,7 +16,7 @@ from .errors import CxrError
 from .table import write_atomic
 
 RESUME_FREE = ("resume", "overwrite")  # config keys a resumed run may change
-DERIVED = ("lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values")  # not compared on resume
+DERIVED = ("lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights")  # not compared on resume
 
 
 def epoch_was_run(learn):

@@ -213,7 +213,7 @@ def fit_options(quick=False, **options):
         options.update(size=SMOKE["size"], bs=min(options.get("bs", SMOKE["bs"]), SMOKE["bs"]), pretrained=False,
                        num_workers=0)
     elif options.get("pretrained", True) and options.get("arch"):
-        from .models import ensure_pretrained_available
+        from .weights import ensure_pretrained_available
         ensure_pretrained_available(options["arch"])
     return options
 
