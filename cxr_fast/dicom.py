@@ -7,6 +7,11 @@ Two paths:
 - `read_dicom_array(path, apply_voi=False)`: the raw path for your own windowing: float32 values after
   the modality LUT (rescale slope/intercept) only, photometric interpretation untouched.
 
+Older files without the 128-byte preamble and `DICM` marker (ACR-NEMA style, or written by tools that
+skip the file meta) are read too, when they parse as DICOM: `read_dataset` retries with pydicom's
+`force=True`, accepts the result only when it holds real DICOM elements (`parses_as_dicom`), and fills in
+the transfer syntax from the encoding pydicom found.
+
 Compressed transfer syntaxes (JPEG, JPEG lossless, JPEG-LS, JPEG 2000, RLE) are decoded by pydicom's
 plugins (`pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg`); a file that cannot be decoded
 raises `DataError` naming the file, its transfer syntax and what to do.
@@ -21,7 +26,9 @@ from .images import scale_to_uint8
 
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg"
 HEADER_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "ViewPosition",
-               "PhotometricInterpretation", "Modality")
+               "PhotometricInterpretation", "Modality", "BodyPartExamined", "Rows", "Columns")
+# groups a real dataset's elements come from (identification, patient, acquisition, relationship, image, pixels)
+STANDARD_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028, 0x7FE0}
 FRONTAL_VIEWS = {"PA", "AP"}
 
 
@@ -32,15 +39,66 @@ def read_dataset(path, header_only=False, specific_tags=None):
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only, specific_tags=specific_tags)
     except InvalidDicomError:
-        raise DataError(f"{path}: not a DICOM file (no DICM marker at byte 128); "
-                        f"re-download it or remove it from the data") from None
+        ds = read_without_preamble(path, header_only, specific_tags)
+        if ds is not None: return ds
+        raise DataError(f"{path}: not a DICOM file (no DICM marker at byte 128, and it does not parse as DICOM "
+                        f"without one); re-download it or remove it from the data") from None
     except Exception as e:  # truncated or garbled header: pydicom raises many kinds
         raise DataError(f"{path}: cannot read the DICOM header ({type(e).__name__}: {e}); "
                         f"re-download it or remove it from the data") from None
 
 
+def parses_as_dicom(ds):
+    "True when a dataset read with force=True holds real DICOM elements, not bytes of another file read as tags."
+    try:
+        tags = list(ds.keys())
+        standard = [t for t in tags if t.group in STANDARD_GROUPS]
+        return len(standard) >= 2 and tags == sorted(tags)
+    except Exception:  # garbage that fails even to list its tags
+        return False
+
+
+def read_without_preamble(path, header_only=False, specific_tags=None):
+    """A file without the 128-byte preamble and DICM marker, read with force=True: the dataset (its file meta
+    given the transfer syntax pydicom found) when it parses as DICOM, else None."""
+    import warnings
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's guesses about VR and encoding: the check below decides
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=header_only, specific_tags=specific_tags)
+            if specific_tags is not None and not parses_as_dicom(ds):  # too few tags asked for to judge: look at all
+                if not parses_as_dicom(pydicom.dcmread(path, force=True, stop_before_pixels=True)): return None
+            elif not parses_as_dicom(ds): return None
+    except Exception:
+        return None
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        ds.file_meta = meta if meta is not None else FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
+
+
+def looks_like_dicom(path):
+    """True for a file with the DICM marker at byte 128, or one that starts like a preamble-less DICOM
+    dataset (a group 0002/0008 element, little or big endian) and parses as one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if head[128:132] == b"DICM": return True
+    if head[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"): return False
+    return read_without_preamble(path, header_only=True) is not None
+
+
 def dicom_header(path):
-    "{tag keyword: str} for PatientID, StudyInstanceUID, SeriesInstanceUID, ViewPosition, ...; '' where absent."
+    "{tag keyword: str} for PatientID, StudyInstanceUID, SeriesInstanceUID, ViewPosition, Modality, ...; '' where absent."
     ds = read_dataset(path, header_only=True, specific_tags=list(HEADER_TAGS))
     return {k: str(ds.get(k, "") or "").strip() for k in HEADER_TAGS}
 
@@ -139,11 +197,12 @@ def read_dicom_image(path):
     return Image.fromarray(scale_to_uint8(read_dicom_array(Path(path), apply_voi=True)))  # uint8 2-D: mode L
 
 
-def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, syntax=None, **elements):
+def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, syntax=None, preamble=True, **elements):
     """Write a 2-D uint8/uint16/int16 array as a DX DICOM file (tests, demos, exports); returns the path.
 
-    syntax: a compressed transfer syntax UID to encode with (e.g. pydicom.uid.RLELossless); elements:
-    extra DICOM keywords (PatientID, ViewPosition, WindowCenter, RescaleSlope, ...)."""
+    syntax: a compressed transfer syntax UID to encode with (e.g. pydicom.uid.RLELossless); preamble=False:
+    an old-style file, the bare dataset without preamble, DICM marker or file meta (implicit VR little endian);
+    elements: extra DICOM keywords (PatientID, ViewPosition, WindowCenter, RescaleSlope, Modality, ...)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
     arr = np.asarray(arr)
@@ -159,5 +218,11 @@ def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, syntax=N
     if syntax is not None: ds.compress(syntax)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    if preamble:
+        ds.save_as(path, enforce_file_format=True)
+        return path
+    from pydicom.filewriter import dcmwrite
+    del ds.file_meta
+    ds.preamble = None
+    dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     return path

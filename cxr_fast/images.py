@@ -23,15 +23,11 @@ def is_image_file(path):
 
 
 def is_dicom_file(path):
-    "True for a `.dcm`-like name, or a file with the DICM magic at byte 128."
+    "True for a `.dcm`-like name, a file with the DICM magic at byte 128, or a preamble-less file that parses as DICOM."
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES: return True
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+    from .dicom import looks_like_dicom
+    return looks_like_dicom(path)
 
 
 def scale_to_uint8(arr):

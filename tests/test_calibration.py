@@ -1,0 +1,132 @@
+"""Calibration: ECE, temperature scaling (an overconfident toy model gets better, rankings stay), operating points."""
+import numpy as np
+import pytest
+
+from cxr_fast import calibration as cal
+from cxr_fast.metrics import weighted_auc
+
+CLASSES3 = ["Normal", "Pneumonia", "COVID-19"]
+
+
+def toy(n=2000, n_classes=3, scale=1.5, seed=0, multilabel=False):
+    "True logits and labels drawn from them: a perfectly calibrated 'model' to make over/underconfident."
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, scale, (n, n_classes))
+    if multilabel: return z, (rng.random(z.shape) < cal.activation(z, True)).astype(int)
+    p = cal.activation(z, False)
+    return z, (p.cumsum(1) < rng.random((n, 1))).sum(1)
+
+
+def test_ece_of_known_bins():
+    conf = np.array([0.9] * 10)
+    correct = np.array([1] * 5 + [0] * 5)
+    bins = cal.reliability_bins(conf, correct)
+    assert cal.ece_of(bins) == pytest.approx(0.4)
+    assert sum(b["n"] for b in bins) == 10 and len(bins) == cal.N_BINS
+    assert cal.reliability_bins([1.0], [1])[-1]["n"] == 1  # confidence 1 falls in the last bin
+    assert cal.ece_of(cal.reliability_bins(np.array([]), np.array([]))) is None
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
+    z, y = toy()
+    over = 4 * z  # a deliberately overconfident model: logits 4x too large
+    valid, test = slice(0, 1000), slice(1000, None)
+    t = cal.fit_temperature(over[valid], y[valid], False)
+    assert 3 < t < 5  # recovers the factor
+    before = cal.calibration_of(cal.activation(over[test], False), y[test], CLASSES3, False)
+    after = cal.calibration_of(cal.apply_temperature(over[test], t, False), y[test], CLASSES3, False)
+    assert before["ece"] > 0.15 and after["ece"] < before["ece"] / 3
+    assert after["nll"] < before["nll"]
+
+
+def test_an_underconfident_model_is_sharpened():
+    z, y = toy(seed=1)
+    t = cal.fit_temperature(z / 3, y, False)
+    assert 0.25 < t < 0.45
+
+
+def test_scaling_keeps_accuracy_and_auc():
+    # binary softmax: argmax, the disease-class ranking (AUC) and decisions at 0.5 are unchanged
+    z, y = toy(n=500, n_classes=2, seed=2)
+    raw, scaled = cal.activation(4 * z, False), cal.apply_temperature(4 * z, 3.7, False)
+    assert (raw.argmax(1) == scaled.argmax(1)).all()
+    assert weighted_auc(raw[:, 1], y == 1) == weighted_auc(scaled[:, 1], y == 1)
+    assert ((raw[:, 1] >= 0.5) == (scaled[:, 1] >= 0.5)).all()
+    # 3 classes: argmax (accuracy) unchanged
+    z3, _ = toy(n=500, seed=3)
+    assert (cal.activation(z3, False).argmax(1) == cal.apply_temperature(z3, 2.5, False).argmax(1)).all()
+    # multi-label: per-label AUC unchanged, decisions unchanged at thresholds mapped through T
+    zl, yl = toy(n=500, n_classes=2, seed=4, multilabel=True)
+    temps = cal.fit_temperature(3 * zl, yl, True)
+    assert len(temps) == 2 and all(t > 2 for t in temps)
+    raw, scaled = cal.activation(3 * zl, True), cal.apply_temperature(3 * zl, np.array(temps), True)
+    thresholds = {"A": 0.3, "B": 0.7}
+    mapped = cal.temper_thresholds(thresholds, dict(zip("AB", temps)), ["A", "B"])
+    for j, c in enumerate("AB"):
+        assert weighted_auc(raw[:, j], yl[:, j] == 1) == weighted_auc(scaled[:, j], yl[:, j] == 1)
+        assert ((raw[:, j] >= thresholds[c]) == (scaled[:, j] >= mapped[c])).all()
+
+
+def test_temper_from_probabilities_matches_logits():
+    z, _ = toy(n=50, seed=5)
+    np.testing.assert_allclose(cal.temper(cal.activation(z, False), 2.0, False), cal.apply_temperature(z, 2.0, False),
+                               rtol=1e-9)
+    zl, _ = toy(n=50, n_classes=2, seed=5, multilabel=True)
+    np.testing.assert_allclose(cal.temper(cal.activation(zl, True), 2.0, True), cal.apply_temperature(zl, 2.0, True),
+                               rtol=1e-9)
+
+
+def test_calibrate_splits_summary_and_notes():
+    z, y = toy(n=600, seed=6)
+    logits = {"valid": 4 * z[:300], "test": 4 * z[300:]}
+    ys = {"valid": y[:300], "test": y[300:]}
+    probs, summary = cal.calibrate_splits(logits, ys, CLASSES3, False)
+    assert summary["method"] == "temperature scaling" and summary["fitted_on"] == "valid" and summary["n_fit"] == 300
+    test = summary["splits"]["test"]
+    assert test["after"]["ece"] < test["before"]["ece"]
+    np.testing.assert_allclose(probs["test"], cal.apply_temperature(logits["test"], summary["temperature"], False))
+    entry = cal.model_entry(summary)
+    assert "splits" not in entry and entry["ece"]["test"]["after"] == test["after"]["ece"]
+    lines = "\n".join(cal.report_lines(summary))
+    assert "## Calibration" in lines and "ECE before" in lines and "| test |" in lines
+    # off, or nothing to fit on: probabilities untouched, and the report says why
+    probs_off, off = cal.calibrate_splits(logits, ys, CLASSES3, False, calibrate=False)
+    np.testing.assert_allclose(probs_off["test"], cal.activation(logits["test"], False))
+    assert off["method"] == "none" and "uncalibrated" in off["splits"]["test"]
+    _, one = cal.calibrate_splits({"valid": logits["valid"]}, {"valid": np.zeros(300, int)}, CLASSES3, False)
+    assert one["method"] == "none" and "one class" in one["note"]
+
+
+def test_multilabel_calibration_is_per_label():
+    zl, yl = toy(n=400, n_classes=2, seed=7, multilabel=True)
+    probs, summary = cal.calibrate_splits({"valid": 3 * zl}, {"valid": yl}, ["A", "B"], True)
+    assert set(summary["temperature"]) == {"A", "B"}
+    after = summary["splits"]["valid"]["after"]
+    assert set(after["per_label"]) == {"A", "B"} and after["ece"] == pytest.approx(
+        np.mean([after["per_label"][c]["ece"] for c in "AB"]))
+
+
+def test_sensitivity_operating_point():
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+    positive = np.array([1, 1, 0, 1, 1, 0, 1, 0, 0, 0], bool)
+    t = cal.sensitivity_threshold(scores, positive, 0.95)  # every positive: the lowest is 0.3
+    assert t == pytest.approx(0.25)
+    assert cal.rates_at(scores, positive, t) == {"sensitivity": 1.0, "specificity": 0.6, "n_positive": 5, "n_negative": 5}
+    assert cal.sensitivity_threshold(scores, positive, 0.8) == pytest.approx(0.5)  # 4 of 5 positives
+    assert cal.sensitivity_threshold(scores, np.zeros(10, bool)) is None
+    op = cal.operating_point({"valid": scores, "test": scores[::-1]}, {"valid": positive, "test": positive[::-1]}, 0.95)
+    assert op["threshold"] == pytest.approx(0.25) and op["valid"]["sensitivity"] == 1.0
+    assert op["at_default"]["valid"]["specificity"] == pytest.approx(0.8)
+    text = "\n".join(cal.operating_point_lines(op))
+    assert "target sensitivity 0.95" in text and "costs" in text
+
+
+def test_reliability_diagram_is_drawn(tmp_path):
+    z, y = toy(n=300, seed=8)
+    _, summary = cal.calibrate_splits({"valid": 4 * z[:150], "test": 4 * z[150:]}, {"valid": y[:150], "test": y[150:]},
+                                      CLASSES3, False)
+    path = cal.plot_reliability(cal.split_calibration(summary, "test"), tmp_path / "rel.png", "test")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    zl, yl = toy(n=200, n_classes=2, seed=8, multilabel=True)
+    _, summary = cal.calibrate_splits({"valid": zl}, {"valid": yl}, ["A", "B"], True)
+    assert cal.plot_reliability(cal.split_calibration(summary, "valid"), tmp_path / "rel2.png").is_file()
