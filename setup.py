@@ -18,6 +18,7 @@ setup(
         "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "fire>=0.5", "kaggle>=1.6",
         "pydicom>=2.4", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pylibjpeg-libjpeg>=2.0",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
+                    "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"]},  # export, predict --engine onnx
     entry_points={"console_scripts": ["cxr-fast=cxr_fast.cli:main"]},
 )

@@ -1,0 +1,181 @@
+"""Export a model dir to ONNX for `predict --engine onnx` (onnxruntime), optionally quantised to int8.
+
+    python -m cxr_fast export runs/r18/model                       # -> model.onnx beside model.pth
+    python -m cxr_fast export runs/r18/model --int8 --calibrate data/some_images/   # + model.int8.onnx
+    python -m cxr_fast predict runs/r18/model scans/ --engine onnx [--int8]
+
+The ONNX graph takes the same normalised float batch (N, 3, H, W) as the torch model, any batch size,
+and returns logits; the model dir's description (model.json) is stored in the file's metadata, with the
+SHA-256 of the weights it came from (engines.py checks both when loading). Export is checked: the ONNX
+output must match torch's on a test batch (max |logit difference| printed).
+
+int8: onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max ranges)
+calibrated on `calibration_images` images given by `--calibrate` (files, folders, globs or a CSV),
+preprocessed exactly as predict does. The agreement with fp32 on those images is printed; measure it on
+your own held-out images too (bench/bench_inference.py does, on real DarkCovidNet images).
+"""
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .args import as_bool, as_int
+from .engines import INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, file_sha256, require_onnxruntime
+from .errors import CxrError
+from .table import write_atomic
+
+DEFAULT_OPSET = 18
+EXPORT_TOLERANCE = 1e-3  # max |logit difference| ONNX fp32 vs torch fp32 on the check batch
+
+
+def _hw(img_size):
+    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
+
+
+def _torch_export(model, x, path, opset):
+    "torch.onnx.export with a dynamic batch axis: the dynamo exporter, else the TorchScript one."
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
+                              opset_version=opset, external_data=False, verbose=False)
+        return "dynamo"
+    except Exception as first:  # an architecture torch.export cannot trace: the TorchScript exporter
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}}, dynamo=False, opset_version=17)
+            return "torchscript"
+        except Exception as second:
+            raise CxrError(f"ONNX export failed: dynamo exporter: {type(first).__name__}: {first}; "
+                           f"TorchScript exporter: {type(second).__name__}: {second}") from None
+
+
+def _with_metadata(src, dest, props):
+    "Copy an ONNX file, adding string metadata (metadata_props); weights stay inline."
+    import onnx
+    proto = onnx.load(str(src))
+    keep = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    write_atomic(dest, lambda p: onnx.save(proto, str(p)))
+
+
+def _run(path, x):
+    from .engines import OnnxModule
+    return OnnxModule(path)(x).numpy()
+
+
+def calibration_batches(model, meta, calibrate, n_images, batch_size=8):
+    "Normalised float batches of up to `n_images` readable images from `calibrate`, preprocessed as predict does."
+    from .inference import Predictor, collect_inputs
+    paths, _ = collect_inputs(calibrate)
+    if not paths: raise CxrError(f"no calibration images found in {calibrate}")
+    if len(paths) > n_images: paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, n_images)]
+    pred = Predictor(model, meta, device="cpu")
+    loaded = [t for t in (pred.load(p) for p in paths) if not isinstance(t, str)]
+    if not loaded: raise CxrError(f"none of the {len(paths)} calibration images could be read")
+    x = pred.to_input(torch.stack(loaded))
+    return [x[i:i + batch_size].numpy() for i in range(0, len(x), batch_size)]
+
+
+def quantize_int8(fp32_path, dest, batches):
+    "onnxruntime static int8 quantisation (QDQ, per-channel weights) calibrated on `batches`; writes `dest`."
+    require_onnxruntime()
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self): self.items = iter({INPUT_NAME: b} for b in batches)
+        def get_next(self): return next(self.items, None)
+
+    with tempfile.TemporaryDirectory(prefix="cxr_int8_") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre))  # shape inference + optimisation, as recommended
+        except Exception:
+            shutil.copyfile(fp32_path, pre)
+        out = Path(tmp) / "int8.onnx"
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        shutil.copyfile(out, dest)
+    return dest
+
+
+def _softmax_or_sigmoid(logits, multilabel):
+    t = torch.from_numpy(logits).float()
+    return (torch.sigmoid(t) if multilabel else torch.softmax(t, 1)).numpy()
+
+
+def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_images=64, opset=DEFAULT_OPSET):
+    """Export a model dir (or run dir) to OUT/model.onnx (default OUT: the model dir itself), and with `int8`
+    to OUT/model.int8.onnx calibrated on `calibrate`. Returns a dict: paths, exporter, checks."""
+    from .modelio import find_model_dir, load_model_module
+    require_onnxruntime()
+    if int8 and not calibrate:
+        raise CxrError("--int8 needs --calibrate IMAGES: some tens of representative images (files, a folder, "
+                       "a glob or a CSV of paths) to set the int8 ranges")
+    folder = find_model_dir(model_dir)
+    model, meta = load_model_module(folder, device="cpu")
+    out_dir = Path(out).expanduser() if out else folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h, w = _hw(meta["img_size"])
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    props = {META_KEY: json.dumps(meta, default=str), WEIGHTS_KEY: file_sha256(folder / "model.pth"),
+             "cxr_fast_version": str(meta.get("cxr_fast_version", ""))}
+    result = {"model_dir": str(folder), "out": str(out_dir)}
+    with tempfile.TemporaryDirectory(prefix="cxr_onnx_") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        result["exporter"] = _torch_export(model, x, raw, opset)
+        _with_metadata(raw, out_dir / ONNX_NAME, props)
+    if out_dir.resolve() != folder.resolve():
+        shutil.copyfile(folder / "model.json", out_dir / "model.json")  # the description travels with it
+    check = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode(): ref = model(check).numpy()
+    diff = float(np.abs(_run(out_dir / ONNX_NAME, torch.from_numpy(check.numpy())) - ref).max())
+    if diff > EXPORT_TOLERANCE:
+        raise CxrError(f"the exported ONNX model differs from torch by {diff:.2g} in the logits (over {EXPORT_TOLERANCE}); "
+                       f"not usable")
+    result.update(onnx=str(out_dir / ONNX_NAME), max_abs_logit_diff=diff)
+    if int8:
+        batches = calibration_batches(model, meta, calibrate, as_int(calibration_images, "calibration-images", 1))
+        with tempfile.TemporaryDirectory(prefix="cxr_int8_") as tmp:
+            q = quantize_int8(out_dir / ONNX_NAME, Path(tmp) / "q.onnx", batches)
+            n = sum(len(b) for b in batches)
+            _with_metadata(q, out_dir / INT8_NAME, {**props, "cxr_fast_int8": json.dumps(
+                {"method": "onnxruntime quantize_static QDQ, per-channel int8 weights, uint8 activations, min-max",
+                 "calibration_images": n})})
+        xs = np.concatenate(batches)
+        p32 = _softmax_or_sigmoid(_run(out_dir / ONNX_NAME, torch.from_numpy(xs)), meta["multilabel"])
+        p8 = _softmax_or_sigmoid(_run(out_dir / INT8_NAME, torch.from_numpy(xs)), meta["multilabel"])
+        result.update(int8=str(out_dir / INT8_NAME), calibration_images=n,
+                      int8_max_abs_prob_diff=float(np.abs(p32 - p8).max()),
+                      int8_argmax_agreement=float((p32.argmax(1) == p8.argmax(1)).mean()))
+    return result
+
+
+def export_command(model_dir, out=None, int8=False, calibrate=None, calibration_images=64, opset=DEFAULT_OPSET):
+    """Export a model dir to ONNX (model.onnx, with model.json's description inside) for predict --engine onnx.
+
+    python -m cxr_fast export MODEL_DIR [--out DIR] [--int8 --calibrate IMAGES [--calibration-images 64]]
+
+    --out: where model.onnx goes (default: the model dir; another folder also gets a copy of model.json);
+    --int8: also write model.int8.onnx, statically quantised with ranges from --calibrate (files, folders,
+    globs or a CSV with a path column; up to --calibration-images of them, evenly spaced)."""
+    calib = calibrate if calibrate is None or isinstance(calibrate, (list, tuple)) else [str(calibrate)]
+    r = export_onnx(model_dir, out=out, int8=as_bool(int8, "int8"), calibrate=calib,
+                    calibration_images=calibration_images, opset=as_int(opset, "opset", 7))
+    print(f"wrote {r['onnx']} ({r['exporter']} exporter; max |logit - torch| {r['max_abs_logit_diff']:.2g})")
+    if "int8" in r:
+        print(f"wrote {r['int8']} (calibrated on {r['calibration_images']} images; against fp32 on them: argmax "
+              f"agreement {r['int8_argmax_agreement']:.3f}, max |prob diff| {r['int8_max_abs_prob_diff']:.3f})")
+    return 0
