@@ -1,18 +1,18 @@
 """Resume: checkpoints/last.pth after every epoch (weights, optimizer, RNG, trackers, history), best.pth, and
 the callbacks that write them; `--resume true` continues a killed run from its last finished epoch.
 """
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.tracker import EarlyStoppingCallback, SaveModelCallback
+from fastai.callback.core import Callback
+from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastcore.foundation import L
 
 from .errors import CxrError
+from .jsonio import jsonable
 from .table import write_atomic
 
 RESUME_FREE = ("resume", "overwrite")  # config keys a resumed run may change
@@ -24,92 +24,95 @@ def epoch_was_run(learn):
     return bool(learn.recorder.values) and len(learn.recorder.values[-1]) > 0
 
 
-class BestModel(SaveModelCallback):
-    "SaveModelCallback over the whole plan: checkpoints/best.pth (weights, atomic) on improvement, loaded at the end."
+class BestModel(TrackerCallback):
+    """checkpoints/best.pth (weights, atomic) whenever `monitor` improves, over the whole plan; `train` loads it
+    after the last stage. Not fastai's SaveModelCallback: that loads the best weights back at the end of every
+    fit, so each stage of a plan would start from them, and saves with learn.save, not atomically."""
+    order = TrackerCallback.order + 1  # SaveModelCallback's place: before early stopping
+
     def __init__(self, monitor, file):
-        super().__init__(monitor=monitor, reset_on_fit=False)
+        super().__init__(monitor=monitor, reset_on_fit=False)  # the best over all stages
         self.file = Path(file)
 
     def after_epoch(self):
-        "Compare and save, for epochs that ran."
-        if epoch_was_run(self.learn): super().after_epoch()
-
-    def _save(self, name):
-        state = {k: tensor_data(v) for k, v in self.learn.model.state_dict().items()}
-        self.last_saved_path = write_atomic(self.file, lambda p: torch.save(state, p))
-
-    def after_fit(self, **kwargs):
-        "Keep training from the last weights; `train` loads best.pth after the last stage."
+        "Save the weights when the monitored value improved (epochs that ran only)."
+        if not epoch_was_run(self.learn): return
+        super().after_epoch()
+        if self.new_best:
+            print(f"Better model found at epoch {self.epoch} with {self.monitor} value: {self.best}.")
+            write_atomic(self.file, lambda p: torch.save(model_state(self.learn.model), p))
 
 
 class EarlyStop(EarlyStoppingCallback):
-    "fastai's EarlyStoppingCallback for one stage, deciding at an epoch's end and stopping before the next one."
+    "fastai's EarlyStoppingCallback for one stage; a resumed stage starts from the killed run's best and wait."
     def __init__(self, monitor, patience, restore=None):
         super().__init__(monitor=monitor, patience=patience)
-        self.stop, self.restore = False, restore
+        self.restore = restore
 
     def before_fit(self):
         "Reset per stage, or take the state a resumed stage had."
         super().before_fit()
-        self.stop = False
         if self.restore: self.best, self.wait = self.restore["best"], self.restore["wait"]
         self.restore = None
 
     def after_epoch(self):
-        "Count epochs without improvement (so last.pth records the decision)."
-        if not epoch_was_run(self.learn): return
-        try:
-            super().after_epoch()
-        except CancelFitException:
-            self.stop = True
-
-    def before_epoch(self):
-        "End the stage when patience ran out."
-        if self.stop: raise CancelFitException()
+        "Count epochs without improvement, and stop the stage when patience runs out (epochs that ran only)."
+        if epoch_was_run(self.learn): super().after_epoch()
 
 
-class RunCheckpoint(Callback):
-    "After every epoch: the history row, then checkpoints/last.pth (atomic), then history.csv."
-    order = 65  # after BestModel (61) and EarlyStop (63)
+class ResumeRecorder(Callback):
+    """A stage resumed mid-way: its smoothed train loss continues where the killed run left it, and the epochs
+    fit(start_epoch=) skips are not logged. fastai has no hook for either: AvgSmoothLoss keeps its state in
+    public `val`/`count` (Recorder.before_fit resets them, so they are set after it), and the log is filtered
+    by wrapping learn.logger, as fastai's CSVLogger does."""
+    order = 65  # after the Recorder (50) and fastai's ProgressCallback (60) set up the fit
 
-    def __init__(self, run_dir, stage_idx, stage, history, best=None, early=None, restore=None):
-        self.run_dir, self.stage_idx, self.stage, self.history = Path(run_dir), stage_idx, stage, history
-        self.best_cb, self.early, self.restore = best, early, restore
+    def __init__(self, smooth_loss): self.smooth_loss, self.logger_skip = smooth_loss, None
 
     def before_fit(self):
-        "On resume, continue the smoothed train loss where the killed run left it; log no skipped epochs."
-        if self.restore:
-            self.learn.recorder.smooth_loss.val = self.restore["val"]
-            self.learn.recorder.smooth_loss.count = self.restore["count"]
-            self.logger_run = logger = self.learn.logger
-            self.learn.logger = self.logger_skip = lambda log: logger(log) if len(log) > 2 else None
-        self.restore = None
+        "Restore the smoothed loss; log only the epochs that run."
+        self.learn.recorder.smooth_loss.val = self.smooth_loss["val"]
+        self.learn.recorder.smooth_loss.count = self.smooth_loss["count"]
+        self.logger_run = logger = self.learn.logger
+        self.learn.logger = self.logger_skip = lambda log: logger(log) if len(log) > 2 else None
 
     def after_fit(self):
         "Hand back the logger (unless fastai's progress callback already restored its own)."
-        if getattr(self, "logger_skip", None) is not None and self.learn.logger is self.logger_skip:
-            self.learn.logger = self.logger_run
-        self.logger_skip = None
+        if self.learn.logger is self.logger_skip: self.learn.logger = self.logger_run
+
+
+class RunCheckpoint(Callback):
+    """After every epoch that ran: the history row, then checkpoints/last.pth, then history.csv (both atomic).
+    Not fastai's CSVLogger: history.csv carries the stage and what it trains, and is rewritten with last.pth, so
+    a resumed run's history is the uninterrupted run's."""
+    order = 65  # after BestModel (61) and EarlyStop (63), so last.pth holds their decisions
+
+    def __init__(self, run_dir, stage_idx, stage, history, best=None, early=None):
+        self.run_dir, self.stage_idx, self.stage, self.history = Path(run_dir), stage_idx, stage, history
+        self.best_cb, self.early, self.recorded = best, early, 0
 
     def after_epoch(self):
         "Record and checkpoint an epoch that ran."
-        if not epoch_was_run(self.learn): return
+        if epoch_was_run(self.learn): self.checkpoint(done=self.epoch == self.n_epoch - 1)
+
+    def after_cancel_fit(self):
+        "Early stopping ended the stage in its epoch's after_epoch, before ours: record that epoch, the stage done."
+        if epoch_was_run(self.learn) and len(self.learn.recorder.values) > self.recorded: self.checkpoint(done=True)
+
+    def checkpoint(self, done):
+        "Append the epoch's row to the history, write last.pth and history.csv."
         rec = self.learn.recorder
+        self.recorded = len(rec.values)
         self.history.append({"stage": self.stage_idx + 1, "trains": self.stage["train"],
-                             **{k: _plain_value(v) for k, v in zip(rec.metric_names, rec.log)}})
-        done = self.epoch == self.n_epoch - 1 or bool(self.early and self.early.stop)
+                             **{k: jsonable(v) for k, v in zip(rec.metric_names, rec.log)}})
         save_last(self.learn, self.run_dir / "checkpoints" / "last.pth", self.stage_idx, self.epoch, done,
                   self.history, self.best_cb, self.early)
         write_history(self.history, self.run_dir / "history.csv")
 
 
-def _plain_value(v):
-    if isinstance(v, torch.Tensor): v = v.item()
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def plain(obj):
-    "numpy scalars/arrays and fastcore L as Python/torch types that torch.load(weights_only=True) reads."
+    """numpy scalars/arrays and fastcore L as Python/torch types that torch.load(weights_only=True) reads
+    (not jsonio.jsonable: tensors stay tensors)."""
     if isinstance(obj, dict): return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, L)): return [plain(v) for v in obj]
     if isinstance(obj, np.generic): return obj.item()
@@ -121,6 +124,11 @@ def plain(obj):
 def tensor_data(t):
     "A plain CPU torch.Tensor (fastai's TensorBase subclasses do not load with weights_only=True)."
     return t.detach().cpu().as_subclass(torch.Tensor)
+
+
+def model_state(model):
+    "A model's state dict as plain CPU tensors."
+    return {k: tensor_data(v) for k, v in model.state_dict().items()}
 
 
 def rng_state(learn):
@@ -148,7 +156,7 @@ def set_rng_state(learn, state):
 def save_last(learn, path, stage_idx, epoch, done, history, best=None, early=None):
     "checkpoints/last.pth: weights, optimizer state, position in the plan, RNG and tracker states (atomic)."
     smooth = learn.recorder.smooth_loss
-    state = {"model": {k: tensor_data(v) for k, v in learn.model.state_dict().items()},
+    state = {"model": model_state(learn.model),
              "opt": plain(learn.opt.state_dict()), "stage": stage_idx, "epoch": epoch, "stage_done": done,
              "pct_train": float(learn.pct_train), "rng": rng_state(learn), "history": history,
              "smooth_loss": {"val": plain(smooth.val), "count": int(smooth.count)},
@@ -197,12 +205,9 @@ def resume_hook(learn, ckpt, mid_stage):
 def check_resume(saved, config, run_dir):
     "Refuse to resume a run whose configuration differs in anything but `resume`."
     keys = (set(saved) | set(config)) - set(RESUME_FREE) - set(DERIVED)
-    diff = sorted(k for k in keys if _jsonable(saved.get(k)) != _jsonable(config.get(k)))
+    diff = sorted(k for k in keys if jsonable(saved.get(k)) != jsonable(config.get(k)))
     if diff:
-        shown = "; ".join(f"{k}: {_jsonable(saved.get(k))!r} -> {_jsonable(config.get(k))!r}" for k in diff[:4])
+        shown = "; ".join(f"{k}: {jsonable(saved.get(k))!r} -> {jsonable(config.get(k))!r}" for k in diff[:4])
         raise CxrError(f"cannot resume {run_dir}: the configuration differs from its config.json ({shown}); "
                        f"resume with the same options, or start a new run (another --out, or --overwrite)")
 
-
-def _jsonable(v):
-    return json.loads(json.dumps(v, default=str))

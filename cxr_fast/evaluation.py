@@ -24,7 +24,7 @@ from .jsonio import jsonable, read_json, write_json
 from .metrics import HEADLINE, N_BOOT, split_metrics, targets_of, tune_thresholds
 from .modelio import find_model_dir
 from .plots import dls_batches, read_history
-from .report import _fmt, _with_ci, draw_figures, md_table, write_report
+from .report import fmt, with_ci, draw_figures, md_table, write_report
 from .sources import get_source
 from .table import absent_classes, classes_of, is_multilabel, parse_class_map, write_atomic
 
@@ -244,7 +244,7 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
                       seed=as_int(seed, "seed"), bs=as_int(bs, "bs", 1), n_gradcam=as_int(gradcam, "gradcam", 0),
                       **source_options)
     print("\n".join(md_table(["split", "images", *[k.replace("_", " ") for k in HEADLINE]],
-                              [["test", result["test"]["n"], *[_with_ci(result["test"], k) for k in HEADLINE]]])))
+                              [["test", result["test"]["n"], *[with_ci(result["test"], k) for k in HEADLINE]]])))
     for name, info in result["unknown_classes"].items():
         print(f"not scored: {info['images']} images of class {name}, unknown to the model")
     print(f"wrote {result['out']}/report.md")
@@ -300,7 +300,7 @@ def compare(*run_dirs, out=None):
 
 def compare_markdown(df):
     "The comparison as a markdown table (metrics to 3 decimals, n/a where missing)."
-    cells = [[_fmt(v) if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in r]
+    cells = [[fmt(v) if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in r]
              for r in df.itertuples(index=False)]
     return "\n".join(md_table(list(df.columns), cells))
 

@@ -8,13 +8,13 @@ from .table import write_atomic
 
 
 def jsonable(obj):
-    "Plain JSON values: numpy scalars and arrays converted, NaN/inf -> None."
+    "Plain JSON values: numpy and torch scalars and arrays as numbers and lists, NaN/inf -> None, other objects -> str."
     if isinstance(obj, dict): return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)): return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)): return int(obj)
-    if isinstance(obj, (float, np.floating)): return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, (np.bool_,)): return bool(obj)
-    return obj
+    if isinstance(obj, (list, tuple)): return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"): return jsonable(obj.tolist())  # numpy and torch, scalars and arrays
+    if isinstance(obj, float): return obj if np.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)): return obj
+    return str(obj)
 
 
 def write_json(path, obj):

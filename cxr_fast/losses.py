@@ -5,6 +5,12 @@
 
 `alpha` is a plain scalar factor (alpha=1, gamma=2 was the best reported setting), not RetinaNet's
 per-class alpha_t, so gamma=0 with alpha=1 is exactly cross-entropy / BCE-with-logits.
+
+Why not fastai's `FocalLossFlat`: it is single-label only (no sigmoid form for multi-label tasks), has no
+`alpha`, and with class weights it takes p_t from the *weighted* cross-entropy and averages over items;
+`FocalLoss` here takes p_t from the softmax itself and, with class weights, divides by their sum as
+`nn.CrossEntropyLoss` does, so `FocalLoss(gamma=0, weight=w)` equals `CrossEntropyLossFlat(weight=w)`.
+Without class weights and with alpha=1 the two agree.
 """
 import torch
 import torch.nn.functional as F

@@ -1,14 +1,20 @@
 """Metric maths: accuracy, balanced accuracy, per-class P/R/F1, ROC-AUC, sensitivity/specificity, thresholds,
 and patient-level bootstrap confidence intervals.
 
-Metrics are computed from confusion counts weighted per image, so one code path gives the point
-estimate (all weights 1) and the bootstrap (weights = how often each patient was drawn, all
-resamples at once as a matrix). Undefined metrics (a class absent from a split) are `null` with a note.
+Point estimates are scikit-learn's (confusion_matrix, precision_recall_fscore_support, balanced_accuracy_score,
+roc_auc_score, ...). The bootstrap recomputes the headline metrics from confusion counts weighted per image
+(weights = how often each patient was drawn, all resamples at once as a matrix). Undefined metrics (a class
+absent from a split) are `null` with a note.
 """
+import warnings
+
 import numpy as np
 import pandas as pd
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, multilabel_confusion_matrix,
+                             precision_recall_fscore_support, roc_auc_score)
 
 from .errors import CxrError
+from .jsonio import jsonable
 from .table import is_normal_class, positive_index
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
@@ -16,7 +22,9 @@ N_BOOT = 1000
 CI_LEVEL = 0.95
 
 
-# ---- weighted counts (W: (B, N) weights, one row per bootstrap resample) ----------------------------
+# ---- the bootstrap's scores: weighted counts (W: (B, N) weights, one row per resample) ---------------
+# Hand-written on purpose: they score all resamples at once as matrix products, where scikit-learn would take
+# one call per resample and metric; tests check them against scikit-learn (roc_auc_score(sample_weight=)).
 
 def _div(a, b):
     "a / b, NaN where b == 0."
@@ -32,10 +40,9 @@ def _nanmean(a, axis=-1):
     return _div(np.nansum(a, axis=axis), n)
 
 
-def confusion_counts(y, pred, n_classes, weights=None):
-    "Confusion counts (rows true, columns predicted): (C, C), or (B, C, C) for weights (B, N)."
+def confusion_counts(y, pred, n_classes, weights):
+    "Weighted confusion counts (B, C, C) for weights (B, N): rows true, columns predicted."
     cell = np.asarray(y) * n_classes + np.asarray(pred)
-    if weights is None: return np.bincount(cell, minlength=n_classes ** 2).reshape(n_classes, n_classes)
     onehot = np.zeros((len(cell), n_classes ** 2))
     onehot[np.arange(len(cell)), cell] = 1
     return (np.asarray(weights) @ onehot).reshape(-1, n_classes, n_classes)
@@ -127,9 +134,32 @@ def ci_method(groups, n_boot, seed):
 
 def _num(x):
     "A float for JSON, None for NaN/undefined."
-    if x is None: return None
-    x = float(x)
-    return x if np.isfinite(x) else None
+    return None if x is None else jsonable(float(x))
+
+
+def _quiet(fn, *args, **kwargs):
+    "A scikit-learn metric without its warnings on classes absent from a split (those metrics are nulls with notes)."
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def auc_or_nan(positive, scores):
+    "scikit-learn's ROC-AUC of `scores` for the boolean `positive`; NaN without both positives and negatives."
+    positive = np.asarray(positive, dtype=bool)
+    if positive.all() or not positive.any(): return np.nan
+    return float(roc_auc_score(positive, scores))
+
+
+def per_class_prf(y, pred, labels=None):
+    "(precision, recall, f1, support) per class or label (scikit-learn), NaN where a ratio is 0/0."
+    return _quiet(precision_recall_fscore_support, y, pred, labels=labels, average=None, zero_division=np.nan)
+
+
+def sensitivity_specificity(cm):
+    "(sensitivity, specificity) of a 2x2 confusion matrix [[tn, fp], [fn, tp]]; None where undefined."
+    (tn, fp), (fn, tp) = np.asarray(cm)
+    return _num(_div(tp, tp + fn)), _num(_div(tn, tn + fp))
 
 
 def single_label_metrics(y, probs, classes, threshold=0.5, groups=None, n_boot=N_BOOT, seed=0):
@@ -143,16 +173,16 @@ def single_label_metrics(y, probs, classes, threshold=0.5, groups=None, n_boot=N
     binary = n_classes == 2
     pos = positive_index(classes) if binary else None
     pred = single_label_pred(probs, classes, threshold)
-    cm = confusion_counts(y, pred, n_classes)
-    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    precision, recall = _div(tp, predicted), _div(tp, support)
-    f1 = np.where(support > 0, _div(2 * tp, support + predicted), np.nan)
-    aucs = [weighted_auc(probs[:, c], y == c) for c in range(n_classes)]
-    present = support > 0
+    labels = np.arange(n_classes)
+    cm = confusion_matrix(y, pred, labels=labels)
+    precision, recall, f1, support = per_class_prf(y, pred, labels)
+    predicted, present = cm.sum(axis=0), support > 0
+    f1 = np.where(present, f1, np.nan)  # a class absent from the split has no F1 (left out of the macro mean)
+    aucs = [auc_or_nan(y == c, probs[:, c]) for c in labels]
     out = {"n": int(len(y)), "classes": list(classes),
            "decision": f"p({classes[pos]}) >= {threshold}" if binary else "argmax"}
-    scores = single_label_scores(y, pred, probs, pos, np.ones((1, len(y))))
-    out.update({k: _num(v[0]) for k, v in scores.items()})
+    out.update({"accuracy": _num(accuracy_score(y, pred)), "balanced_accuracy": _num(_quiet(balanced_accuracy_score, y, pred)),
+                "macro_f1": _num(_nanmean(f1)), "auc": _num(aucs[pos] if binary else _nanmean(aucs))})
     out["macro_precision"] = _num(np.nan_to_num(precision[present]).mean()) if present.any() else None
     out["macro_recall"] = out["balanced_accuracy"]
     if binary: out["positive_class"] = classes[pos]
@@ -174,16 +204,16 @@ def disease_rates(y, pred, classes, pos, threshold):
     (binary: the threshold; multi-class: argmax), and for 'any disease' vs the normal class."""
     out = {}
     targets = [pos] if pos is not None else [i for i, c in enumerate(classes) if not is_normal_class(c)]
+    one_vs_rest = multilabel_confusion_matrix(y, pred, labels=np.arange(len(classes)))
     for i in targets:
-        t, p = y == i, pred == i
-        out[classes[i]] = {"sensitivity": _num(_div((t & p).sum(), t.sum())),
-                           "specificity": _num(_div((~t & ~p).sum(), (~t).sum())),
+        sensitivity, specificity = sensitivity_specificity(one_vs_rest[i])
+        out[classes[i]] = {"sensitivity": sensitivity, "specificity": specificity,
                            "decision": f"p >= {threshold}" if pos is not None else "argmax"}
     normal = [i for i, c in enumerate(classes) if is_normal_class(c)]
     if pos is None and len(normal) == 1 and len(classes) > 2:
-        t, p = y != normal[0], pred != normal[0]
-        out["any disease"] = {"sensitivity": _num(_div((t & p).sum(), t.sum())),
-                              "specificity": _num(_div((~t & ~p).sum(), (~t).sum())),
+        sensitivity, specificity = sensitivity_specificity(
+            confusion_matrix(y != normal[0], pred != normal[0], labels=[False, True]))
+        out["any disease"] = {"sensitivity": sensitivity, "specificity": specificity,
                               "decision": f"predicted class is not {classes[normal[0]]}"}
     return out
 
@@ -229,20 +259,25 @@ def multilabel_metrics(Y, probs, classes, thresholds=None, groups=None, n_boot=N
     every label right; macro means run over the labels with positives."""
     Y, probs = np.asarray(Y, dtype=int), np.asarray(probs, dtype=float)
     t = np.array([(thresholds or {}).get(c, 0.5) for c in classes], dtype=float)
-    P = probs >= t
-    tp, fp, fn, tn = (v[0] for v in multilabel_counts(Y, P, np.ones((1, len(Y)))))
-    out = {"n": int(len(Y)), "classes": list(classes), "decision": "p >= per-label threshold"}
-    out.update({k: _num(v[0]) for k, v in multilabel_scores(Y, P, probs, np.ones((1, len(Y)))).items()})
+    P = (probs >= t).astype(int)
+    cms = multilabel_confusion_matrix(Y, P)  # (C, 2, 2): [[tn, fp], [fn, tp]] per label
+    tn, fp, fn, tp = cms[:, 0, 0], cms[:, 0, 1], cms[:, 1, 0], cms[:, 1, 1]
+    precision, recall, f1, support = per_class_prf(Y, P)
+    accuracy = _div(tp + tn, len(Y))
+    aucs = [auc_or_nan(Y[:, i] == 1, probs[:, i]) for i in range(len(classes))]
+    balanced = [_quiet(balanced_accuracy_score, Y[:, i], P[:, i]) for i in range(len(classes))]
+    out = {"n": int(len(Y)), "classes": list(classes), "decision": "p >= per-label threshold",
+           "accuracy": _num(accuracy.mean()), "balanced_accuracy": _num(_nanmean(balanced)),
+           "macro_f1": _num(_nanmean(np.where(support > 0, f1, np.nan))), "auc": _num(_nanmean(aucs)),
+           "exact_match": _num(accuracy_score(Y, P))}
     out["per_class"] = {}
     for i, c in enumerate(classes):
-        f1 = _div(2 * tp[i], 2 * tp[i] + fp[i] + fn[i])
-        out["per_class"][c] = {"support": int(tp[i] + fn[i]), "predicted": int(tp[i] + fp[i]), "threshold": float(t[i]),
-                               "auc": _num(weighted_auc(probs[:, i], Y[:, i] == 1)), "f1": _num(f1),
-                               "precision": _num(_div(tp[i], tp[i] + fp[i])), "recall": _num(_div(tp[i], tp[i] + fn[i])),
-                               "accuracy": _num(_div(tp[i] + tn[i], len(Y))),
-                               "sensitivity": _num(_div(tp[i], tp[i] + fn[i])),
-                               "specificity": _num(_div(tn[i], tn[i] + fp[i]))}
-    out["confusion_matrix"] = {c: [[int(tn[i]), int(fp[i])], [int(fn[i]), int(tp[i])]] for i, c in enumerate(classes)}
+        sensitivity, specificity = sensitivity_specificity(cms[i])
+        out["per_class"][c] = {"support": int(support[i]), "predicted": int(tp[i] + fp[i]), "threshold": float(t[i]),
+                               "auc": _num(aucs[i]), "f1": _num(f1[i]), "precision": _num(precision[i]),
+                               "recall": _num(recall[i]), "accuracy": _num(accuracy[i]),
+                               "sensitivity": sensitivity, "specificity": specificity}
+    out["confusion_matrix"] = {c: cms[i].tolist() for i, c in enumerate(classes)}
     out["notes"] = [f"label {c} has no positive images in this split: its AUC, recall and F1 are undefined (null) "
                     f"and it is left out of the macro means" for i, c in enumerate(classes) if tp[i] + fn[i] == 0]
     out["notes"] += [f"label {c} has no negative images in this split: its AUC and specificity are undefined (null)"

@@ -6,13 +6,14 @@ state or backend is touched, and written atomically with `table.write_atomic`.
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-
 from fastai.vision.all import Normalize
+from PIL import Image
+from sklearn.metrics import roc_curve
 
 from .blocks import test_dl
 from .gradcam import gradcam, overlay
 from .images import load_image
+from .metrics import auc_or_nan
 from .table import write_atomic
 
 DPI = 100
@@ -161,7 +162,6 @@ def plot_image_rows(rows, path, title="", thumb=2.0):
 
 def roc_curves(y, probs, classes, multilabel):
     "{class: (fpr, tpr, auc)} one-vs-rest; (None, None, None) for a class without positives or negatives."
-    from sklearn.metrics import roc_auc_score, roc_curve
     out = {}
     for c, name in enumerate(classes):
         t = (y[:, c] == 1) if multilabel else (y == c)
@@ -169,7 +169,7 @@ def roc_curves(y, probs, classes, multilabel):
             out[name] = (None, None, None)
             continue
         fpr, tpr, _ = roc_curve(t, probs[:, c])
-        out[name] = (fpr, tpr, roc_auc_score(t, probs[:, c]))
+        out[name] = (fpr, tpr, auc_or_nan(t, probs[:, c]))  # the AUC metrics.json reports
     return out
 
 

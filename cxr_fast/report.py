@@ -9,6 +9,7 @@ from . import plots
 from .metrics import HEADLINE, decisions, targets_of
 from .table import classes_of, format_problems, is_multilabel, summarize, write_atomic
 
+
 # ---- figures -------------------------------------------------------------------------------
 
 def _try_figure(figures, failures, title, draw, *args, **kwargs):
@@ -58,13 +59,15 @@ def draw_figures(out, parts, probs, classes, multilabel, thresholds, metrics, mo
 
 # ---- report.md -----------------------------------------------------------------------------
 
-def _fmt(v, digits=3):
+def fmt(v, digits=3):
+    "A metric for a table: 3 decimals, n/a when undefined."
     if v is None or (isinstance(v, float) and not np.isfinite(v)): return "n/a"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def md_table(header, rows):
-    "A markdown table (cells already strings, '|' escaped)."
+    """A markdown table (cells already strings, '|' escaped). Not pandas' to_markdown: that needs the optional
+    `tabulate` package and does not escape '|' in cells."""
     esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
@@ -107,9 +110,10 @@ def config_section(config):
     return ["## Configuration", "", *md_table(["key", "value"], rows), ""]
 
 
-def _with_ci(m, key):
+def with_ci(m, key):
+    "A metric with its confidence interval in brackets."
     ci = (m.get("ci") or {}).get(key)
-    return _fmt(m.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return fmt(m.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def metrics_section(result):
@@ -118,7 +122,7 @@ def metrics_section(result):
     multilabel = any("exact_match" in result[s] for s in splits)
     keys = [*HEADLINE, *(["exact_match"] if multilabel else [])]
     lines = ["## Metrics", "", *md_table(["split", "images", *[k.replace("_", " ") for k in keys]],
-                                         [[s, result[s]["n"], *[_with_ci(result[s], k) for k in keys]] for s in splits]), ""]
+                                         [[s, result[s]["n"], *[with_ci(result[s], k) for k in keys]] for s in splits]), ""]
     methods = {result[s]["ci"]["method"] for s in splits if result[s].get("ci")}
     lines += [f"In brackets: {m}." for m in methods] + [""]
     if multilabel:
@@ -128,14 +132,14 @@ def metrics_section(result):
         lines += [f"### {s} ({m['n']} images; decision: {m.get('decision', '')})", ""]
         if multilabel:
             cols = ["support", "threshold", "auc", "f1", "accuracy", "sensitivity", "specificity"]
-            lines += md_table(["label", *cols], [[c, *[_fmt(v[k]) for k in cols]] for c, v in m["per_class"].items()])
+            lines += md_table(["label", *cols], [[c, *[fmt(v[k]) for k in cols]] for c, v in m["per_class"].items()])
         else:
             cols = ["support", "predicted", "precision", "recall", "f1", "auc"]
-            lines += md_table(["class", *cols], [[c, *[_fmt(v[k]) for k in cols]] for c, v in m["per_class"].items()])
-            lines += ["", f"Macro precision {_fmt(m.get('macro_precision'))}, "
-                          f"macro recall {_fmt(m.get('macro_recall'))}.", ""]
+            lines += md_table(["class", *cols], [[c, *[fmt(v[k]) for k in cols]] for c, v in m["per_class"].items()])
+            lines += ["", f"Macro precision {fmt(m.get('macro_precision'))}, "
+                          f"macro recall {fmt(m.get('macro_recall'))}.", ""]
             lines += md_table(["disease", "sensitivity", "specificity", "decision"],
-                              [[c, _fmt(v["sensitivity"]), _fmt(v["specificity"]), v["decision"]]
+                              [[c, fmt(v["sensitivity"]), fmt(v["specificity"]), v["decision"]]
                                for c, v in m["disease"].items()])
         lines += [""] + [f"- note: {n}" for n in m.get("notes", [])] + ([""] if m.get("notes") else [])
     if result.get("thresholds"): lines += [f"Thresholds: {json.dumps(result['thresholds'])}", ""]

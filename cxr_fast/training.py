@@ -27,7 +27,8 @@ from fastcore.meta import delegates
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
 from .args import as_bool, as_choice, as_float, as_int, as_list
 from .blocks import AUG_PRESETS, get_dls
-from .checkpoints import BestModel, EarlyStop, RunCheckpoint, check_resume, load_last, next_position, resume_hook
+from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last, next_position,
+                          resume_hook)
 from .data import load_table, typed_source_options
 from .errors import CxrError
 from .images import PREPROCESS
@@ -137,8 +138,9 @@ def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
         mid_stage = resumed and first_epoch > 0
         early = (EarlyStop(config["monitor"], config["patience"], ckpt["early"] if mid_stage else None)
                  if config["patience"] else None)
-        checkpoint = RunCheckpoint(run_dir, i, stage, history, best, early, ckpt["smooth_loss"] if mid_stage else None)
-        stage_cbs = [c for c in (best, early) if c is not None] + list(cbs or []) + [checkpoint]
+        checkpoint = RunCheckpoint(run_dir, i, stage, history, best, early)
+        recorder = [ResumeRecorder(ckpt["smooth_loss"])] if mid_stage else []
+        stage_cbs = [c for c in (best, early) if c is not None] + list(cbs or []) + [checkpoint] + recorder
         fit_stage(learn, stage, suggestion, stage_cbs, start_epoch=first_epoch if mid_stage else 0,
                   before_fit=resume_hook(learn, ckpt, mid_stage) if resumed else None)
     if ckpt is not None and first_stage >= len(plan): learn.model.load_state_dict(ckpt["model"])

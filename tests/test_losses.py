@@ -94,3 +94,10 @@ def test_make_loss_errors_are_one_line(kwargs, words):
 def test_inverse_frequency_weights():
     assert inverse_frequency_weights([10, 30]).tolist() == pytest.approx([1.5, 0.5])
     assert inverse_frequency_weights([5, 0, 5]).tolist() == pytest.approx([1.0, 0.0, 1.0])
+
+
+def test_focal_loss_without_class_weights_is_fastais_focal_loss_flat():
+    from fastai.losses import FocalLossFlat
+    torch.manual_seed(0)
+    logits, targ = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    assert torch.allclose(FocalLoss(gamma=2, alpha=1)(logits, targ), FocalLossFlat(gamma=2)(logits, targ), atol=1e-6)
