@@ -22,7 +22,15 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
-from .images import scale_to_uint8
+
+
+def scale_to_uint8(arr):
+    "Linearly map an array's own min..max onto 0..255 (a constant image becomes 0)."
+    arr = np.asarray(arr, dtype=np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if hi <= lo: return np.zeros(arr.shape, dtype=np.uint8)
+    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
+
 
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg"
 HEADER_TAGS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "ViewPosition",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .dicom import looks_like_dicom, read_dicom_image, scale_to_uint8
 from .errors import DataError
 
 RASTER_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -26,16 +27,7 @@ def is_dicom_file(path):
     "True for a `.dcm`-like name, a file with the DICM magic at byte 128, or a preamble-less file that parses as DICOM."
     path = Path(path)
     if path.suffix.lower() in DICOM_SUFFIXES: return True
-    from .dicom import looks_like_dicom
     return looks_like_dicom(path)
-
-
-def scale_to_uint8(arr):
-    "Linearly map an array's own min..max onto 0..255 (a constant image becomes 0)."
-    arr = np.asarray(arr, dtype=np.float32)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    if hi <= lo: return np.zeros(arr.shape, dtype=np.uint8)
-    return np.clip((arr - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
 def to_grayscale(img):
@@ -66,7 +58,6 @@ def load_image(path, draft_size=None):
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: no such image file")
     if is_dicom_file(path):
-        from .dicom import read_dicom_image
         return read_dicom_image(path)
     if path.suffix.lower() not in RASTER_SUFFIXES:
         raise DataError(f"{path}: unsupported image type {path.suffix!r}; "
