@@ -5,6 +5,9 @@ A `CxrError` (bad input, missing data or weights) prints one line and exits with
 """
 import importlib
 import sys
+import warnings
+
+from .errors import CxrError
 
 COMMANDS = {
     "demo": ("cxr_fast.demo", "demo_command", "generate synthetic phantoms, train a small model, write a run folder"),
@@ -27,11 +30,7 @@ def usage():
 
 def main(argv=None):
     "Dispatch to one command; user errors become a one-line message and exit status 2."
-    import warnings
-
     import fire
-
-    from .errors import CxrError
     # fastai's import calls torch.jit.script, which newer torch flags as deprecated: noise for a CLI user
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
     argv = sys.argv[1:] if argv is None else list(argv)

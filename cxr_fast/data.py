@@ -85,7 +85,7 @@ def table_command(source, root, task=None, out=None, valid_pct=0.2, test_pct=0.0
         write_table(df, out)
         print(f"\nwrote {out}")
     if show_batch or as_bool(summary, "summary"):
-        from .blocks import cxr_datablock, get_dls, save_show_batch, train_valid
+        from .blocks import cxr_datablock, get_dls, save_show_batch, train_valid  # lazy: fastai only for these
         if as_bool(summary, "summary"):
             part = train_valid(df)
             cxr_datablock(part, as_int(size, "size", 16)).summary(part.head(16), bs=4)

@@ -15,7 +15,7 @@ BANNER = ("SYNTHETIC DATA: these are generated phantoms, not chest X-rays. The n
 
 def demo(out="runs/demo", patients_per_class=50, size=96, epochs=8, lr=3e-3, arch="resnet18", bf16=None, seed=0):
     "Generate phantoms in OUT/phantoms, train `arch` from scratch on them, write OUT; returns the metrics."
-    from .precision import cpu_supports_bf16
+    from .precision import cpu_supports_bf16  # lazy, both: `demo --help` answers without torch and fastai
     from .training import train
     out = Path(out)
     table = build_table("phantom", out / "phantoms", "3class", patients_per_class=patients_per_class, image_size=128,

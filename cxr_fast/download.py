@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+from .args import as_bool
 from .errors import CxrError
 
 DATASETS = {  # name -> (kind, reference, folder under data/); 'manual': not on Kaggle, the URL to get it from
@@ -82,7 +83,6 @@ def download_command(name=None, data_dir="data", force=False, list=False):
       force: download again even when the folder is not empty
       list: list the datasets and where they go
     """
-    from .args import as_bool
     if as_bool(list, "list") or name is None:
         for key, (kind, ref, folder) in DATASETS.items():
             where = f"kaggle {kind} {ref}" if kind != "manual" else f"manual download from {ref}"

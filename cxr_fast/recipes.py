@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .args import as_bool, as_int, as_type_of
+from .download import DATASETS, manual_hint
 from .errors import CxrError
+from .table import label_strings, write_atomic
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 SMOKE = {"size": 32, "bs": 8, "epochs": 1, "rows_per_class": 8}  # quick=True: per (split, class) rows kept
@@ -137,7 +139,6 @@ def run_recipe(name, **kwargs):
     results = fn(**args)
     out = bound.arguments.get("out")
     if out:
-        from .table import write_atomic
         record = {"recipe": recipe.name, "args": bound.arguments, "results": results}
         write_atomic(Path(out) / "recipe.json", lambda p: p.write_text(json.dumps(record, indent=1, default=str)))
     return results
@@ -177,7 +178,6 @@ def need_data(data, dataset):
     "The data folder as a Path, or a one-line error saying how to get `dataset` (download.DATASETS) there."
     path = Path(str(data)).expanduser()
     if path.exists(): return path
-    from .download import DATASETS, manual_hint
     if DATASETS[dataset][0] == "manual": how = manual_hint(dataset, path)
     else: how = f"get it with `python -m cxr_fast download {dataset}` ({manual_hint(dataset, path)})"
     raise CxrError(f"{path} not found: {how}; or pass --data ROOT")
@@ -191,7 +191,6 @@ def binary_source(root):
 
 def cap_table(table, rows_per_class=SMOKE["rows_per_class"], seed=0):
     "At most `rows_per_class` rows per (split, class) (multi-label: per label combination); attrs kept."
-    from .table import label_strings
     shuffled = table.sample(frac=1, random_state=seed)
     first = shuffled.groupby([shuffled["split"], label_strings(shuffled)], sort=False).cumcount() < rows_per_class
     out = table.loc[sorted(first[first].index)]
@@ -201,7 +200,7 @@ def cap_table(table, rows_per_class=SMOKE["rows_per_class"], seed=0):
 
 def load_data(data, source, task, quick=False, **options):
     "data.load_table(source, data, task, **options), capped to a few dozen rows in smoke mode."
-    from .data import load_table
+    from .data import load_table  # lazy, like evaluation and weights below: `recipe --list` needs no torch
     table = load_table(source, str(data), task, **options)
     return cap_table(table) if quick else table
 
@@ -213,7 +212,7 @@ def fit_options(quick=False, **options):
         options.update(size=SMOKE["size"], bs=min(options.get("bs", SMOKE["bs"]), SMOKE["bs"]), pretrained=False,
                        num_workers=0)
     elif options.get("pretrained", True) and options.get("arch"):
-        from .weights import ensure_pretrained_available
+        from .weights import ensure_pretrained_available  # lazy (torch)
         ensure_pretrained_available(options["arch"])
     return options
 
@@ -233,7 +232,7 @@ def headline(result):
 
 def compare_runs(out, results):
     "evaluation.compare over the runs of `results` -> OUT/comparison.md; returns the file's path as str."
-    from .evaluation import compare
+    from .evaluation import compare  # lazy (torch, fastai)
     path = Path(out) / "comparison.md"
     compare(*[r["run_dir"] for r in results.values()], out=path)
     return str(path)

@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from .errors import DataError
 from .images import inspect_image
+from .sources import get_source
 
 SPLITS = ("train", "valid", "test")
 META_COLUMNS = ("path", "patient_id", "split", "label", "source")
@@ -175,7 +176,6 @@ def build_table(source, root, task, *, valid_pct=0.2, test_pct=0.0, seed=42, che
 
     dedup: 'warn' reports near-duplicate images across splits, 'drop' also removes the later copy,
     'off' skips hashing. classes: a class mapping for single-label tasks, 'A->X,B->X,C'."""
-    from .sources import get_source
     mod = get_source(source)
     if task not in mod.TASKS:
         raise DataError(f"unknown task {task!r} for source {source}; choose one of: {', '.join(mod.TASKS)}")

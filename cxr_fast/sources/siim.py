@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..dicom import dicom_header, is_frontal
 from ..errors import DataError
 from ..images import DICOM_SUFFIXES, is_image_file
 from ..table import problem
@@ -97,7 +98,6 @@ def index_images(train_dir):
 
 def read_headers(paths, workers=8):
     "{path: dicom_header dict} for the DICOM files among `paths` (headers only, in threads); unreadable: {}."
-    from ..dicom import dicom_header
 
     def one(path):
         if Path(path).suffix.lower() not in DICOM_SUFFIXES: return {}
@@ -134,7 +134,6 @@ def orphan_problems(orphans, image_csv):
 
 def view_rank(view_position):
     "0 for a frontal view (PA/AP), 1 when unknown, 2 for any other view (lateral)."
-    from ..dicom import is_frontal
     if is_frontal(view_position): return 0
     return 1 if not str(view_position).strip() else 2
 
