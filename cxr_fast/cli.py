@@ -18,6 +18,7 @@ COMMANDS = {
     "predict": ("cxr_fast.inference", "predict_command", "predict images, folders, globs or a CSV of paths"),
     "recipe": ("cxr_fast.recipes", "recipe_command", "run a named experiment recipe (--list lists them)"),
     "compare": ("cxr_fast.evaluation", "compare_command", "a markdown table of several runs' configurations and metrics"),
+    "serve": ("cxr_fast.serve", "serve_command", "a local web page: upload an X-ray, see probabilities, Grad-CAM, model card"),
 }
 
 
