@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 
+from .table import write_atomic
+
 N_BINS = 15
 T_BOUNDS = (0.05, 20.0)   # temperatures searched: sharpen 20x .. soften 20x
 EPS = 1e-300              # probabilities are clipped here before a log (float64)
@@ -308,11 +310,12 @@ def _md(header, rows):
 def plot_reliability(calibration, path, title=""):
     """A reliability diagram of one split (accuracy against mean confidence per bin, the diagonal is perfect):
     one panel (top class) or one per label, the curve before temperature scaling dashed when there is one."""
-    from .plots import new_figure, save_figure
+    from matplotlib.figure import Figure  # matplotlib's object API: no pyplot state (as plots.py)
     panels = ({"top class": calibration} if "per_label" not in calibration else
               {name: {**v, "before": (calibration.get("before") or {}).get("per_label", {}).get(name)}
                for name, v in calibration["per_label"].items()})
-    fig, axes = new_figure(1, len(panels), size=(3.6, 3.6))
+    fig = Figure(figsize=(3.6 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, cal) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, label="perfect")
         before = (cal.get("before") or {}).get("bins")
@@ -327,4 +330,5 @@ def plot_reliability(calibration, path, title=""):
                ylabel="accuracy" if "per_label" not in calibration else "fraction positive", title=name)
         ax.legend(fontsize=7, loc="upper left")
     if title: fig.suptitle(title)
-    return save_figure(fig, path)
+    fig.tight_layout()
+    return write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))

@@ -14,6 +14,8 @@ can be rewritten at any time from the model directory alone.
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .table import write_atomic
+
 CARD_NAME = "MODEL_CARD.md"
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 LEAK_NAMES = {"shared_patient": "patient(s) with images in two splits", "near_duplicate": "near-duplicate image pair(s) across splits"}
@@ -45,12 +47,12 @@ def data_facts(table):
 def starting_weights(meta):
     "One line: where the body's starting weights came from (the `weights` provenance record when there is one)."
     record = meta.get("weights")
-    if isinstance(record, dict) and record:
-        try:
-            from .weights import describe_provenance
-            return describe_provenance(record)
-        except ImportError:
-            return ", ".join(f"{k} {v}" for k, v in record.items() if v not in (None, ""))
+    if isinstance(record, dict) and record:  # weights.py's provenance record (read here: modelio -> card, no cycle)
+        parts = [str(record.get("source", "?"))]
+        parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir", "file") if record.get(k)]
+        if record.get("sha256"): parts.append(f"sha256 {record['sha256'][:16]}...")
+        if record.get("pretrained_on"): parts.append(f"pretrained on {record['pretrained_on']}")
+        return ", ".join(parts)
     if isinstance(record, str) and record: return record
     training = meta.get("training") or {}
     if training.get("weights"): return f"transferred from {training['weights']}"
@@ -280,6 +282,5 @@ def calibration_lines(facts):
 
 def write_card(model_dir, meta, title=None):
     "Write MODEL_CARD.md for `meta` into the model dir (atomic); returns its path."
-    from .table import write_atomic
     text = render_card(meta, title)
     return write_atomic(Path(model_dir) / CARD_NAME, lambda p: p.write_text(text))

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .dicom import dicom_header
+from .images import is_dicom_file, load_image
+
 XRAY_MODALITIES = {"CR", "DX", "DR"}
 CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "THORAC", "TORAC", "LUNG", "PECHO", "TORACE", "BRUST", "POITRINE")
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LEFT LATERAL", "RIGHT LATERAL"}
@@ -127,10 +130,8 @@ def input_warnings(path, gray=None):
     """The warnings of one input file (a list of strings, empty when it looks like a chest X-ray).
 
     gray: the file's decoded 8-bit grayscale image when the caller has it (else it is decoded here)."""
-    from .images import is_dicom_file, load_image
     path = Path(path)
     if is_dicom_file(path):
-        from .dicom import dicom_header
         out = dicom_tag_warnings(dicom_header(path))
     else:
         out = raster_warnings(path)
@@ -146,6 +147,5 @@ def safe_input_warnings(path, gray=None):
 
 
 def warning_problems(paths, warnings):
-    "Table problems of kind `input_warning` (the rows are kept) for the paths with a warning."
-    from .table import problem
-    return [problem("input_warning", p, w) for p, w in zip(paths, warnings) if w]
+    "Table problems (as table.problem makes them) of kind `input_warning`, rows kept, for the paths with a warning."
+    return [{"kind": "input_warning", "path": str(p), "detail": w} for p, w in zip(paths, warnings) if w]
