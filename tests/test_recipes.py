@@ -58,6 +58,7 @@ def test_every_recipe_has_a_smoke_test():
     assert set(recipes.registry()) == SMOKE_TESTED
 
 
+@pytest.mark.slow  # over 10 s on the 2-core machine: make test-all, make recipes-quick
 def test_resnet18_three_stages_on_coronahack(coronahack_root, tmp_path):
     out = tmp_path / "r18"
     result = recipes.run_recipe("resnet18", data=coronahack_root, out=out, quick=True)
@@ -69,6 +70,7 @@ def test_resnet18_three_stages_on_coronahack(coronahack_root, tmp_path):
     assert model["classes"] == ["Normal", "Pneumonia"] and model["head"]["hidden"] == [380] and model["img_size"] == 32
 
 
+@pytest.mark.slow  # over 10 s on the 2-core machine: make test-all, make recipes-quick
 def test_vgg16_four_stages_on_course_folders(split_folders_root, tmp_path):
     out = tmp_path / "vgg"
     result = recipes.run_recipe("vgg16", data=split_folders_root, out=out, quick=True)
