@@ -23,6 +23,7 @@ Research and teaching only: the page says so next to every answer.
 """
 import asyncio
 import base64
+import hashlib
 import html
 import io
 import json
@@ -39,9 +40,22 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pydicom
+import torch
 from PIL import Image
 
+from .args import as_float, as_int
+from .card import card_facts as computed_card_facts
 from .errors import CxrError
+from .gradcam import gradcam, overlay
+from .guards import safe_input_warnings
+from .images import IMAGE_SUFFIXES, load_image
+from .inference import load_model
+from .modelio import find_model_dir
+from .serve_page import PAGE
+from .sources.phantom import make_phantoms
+from .table import positive_index
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 MAX_UPLOAD_MB = 32          # a 3000x3000 16-bit uncompressed DICOM is 18 MB
@@ -94,8 +108,6 @@ def _display_name(model_dir):
 
 def load_models(model_dirs, device=None):
     "A ServedModel per model dir (or run dir), named after its run; CxrError when one does not load."
-    from . import load_model
-    from .modelio import find_model_dir
     if not model_dirs: raise CxrError("give at least one MODEL_DIR (a model/ folder that `train` wrote, or its run folder)")
     served, names = [], {}
     for given in model_dirs:
@@ -173,9 +185,8 @@ def card_facts(meta):
     "model.json's `card` facts (intended use, limitations), or the same computed from model.json; {} if neither."
     if isinstance(meta.get("card"), dict): return meta["card"]
     try:
-        from .card import card_facts as facts
-        return facts(meta)
-    except Exception:  # an older cxr_fast, or a model.json the card module cannot read: show the rest
+        return computed_card_facts(meta)
+    except Exception:  # a model.json the card module cannot read: show the rest of the card
         return {}
 
 
@@ -198,7 +209,7 @@ def _data_summary(data):
 def _markdown_html(text):
     "MODEL_CARD.md as HTML (its own HTML escaped), or preformatted text without the markdown package."
     try:
-        import markdown
+        import markdown  # optional (the `serve` extra)
     except ImportError:
         return f"<pre class='model-card-md'>{html.escape(text)}</pre>"
     return "<div class='model-card-md'>" + markdown.markdown(html.escape(text, quote=False), extensions=["tables"]) + "</div>"
@@ -282,7 +293,6 @@ def sniff(data, filename):
 def dicom_size(path):
     "(columns, rows) from a DICOM header, or None when the header does not say."
     try:
-        import pydicom
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
         return int(ds.Columns), int(ds.Rows)
     except Exception:
@@ -324,7 +334,6 @@ def probability_rows(predictor, probs):
     if predictor.multilabel:
         for r in rows: r["threshold"] = float(t[r["class"]])
     elif t is not None:
-        from .table import positive_index
         rows[positive_index(classes)]["threshold"] = float(t)
     return rows
 
@@ -334,10 +343,6 @@ def analyse(served, data, filename, max_pixels=MAX_PIXELS, keep_dir=None):
 
     The bytes go into a private temporary folder for `Predictor.load` (the `predict` path) and are deleted
     before this returns; with `keep_dir` (the operator's choice) a copy is kept there under a new name."""
-    import torch
-
-    from .gradcam import gradcam, overlay
-    from .images import load_image
     filename = clean_filename(filename)
     start = time.perf_counter()
     suffix, kind, size = sniff(data, filename)
@@ -364,7 +369,7 @@ def analyse(served, data, filename, max_pixels=MAX_PIXELS, keep_dir=None):
             size = shown.size
         except CxrError:
             shown = Image.fromarray(x_u8[0].numpy(), mode="L")
-        warning = input_warning(path, shown)
+        warning = safe_input_warnings(path, shown)  # what `predict` writes in its warning column
         if served.meta.get("resize_method", "squish") != "squish":  # crop/pad: the map fits the model's view only
             shown = Image.fromarray(x_u8[0].numpy(), mode="L")
         shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
@@ -377,18 +382,8 @@ def analyse(served, data, filename, max_pixels=MAX_PIXELS, keep_dir=None):
             "warning": warning, "seconds": round(time.perf_counter() - start, 3), "kept": kept, "disclaimer": DISCLAIMER}
 
 
-def input_warning(path, gray):
-    "What `predict` writes in its warning column: why the file may not be a frontal chest X-ray ('' if none)."
-    try:
-        from .guards import safe_input_warnings
-    except ImportError:
-        return ""
-    return safe_input_warnings(path, gray)
-
-
 def keep_upload(keep_dir, data, suffix):
     "Save an upload under a name the server makes (time + content hash), never the browser's; returns the name."
-    import hashlib
     keep_dir = Path(keep_dir)
     keep_dir.mkdir(parents=True, exist_ok=True)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
@@ -399,12 +394,9 @@ def keep_upload(keep_dir, data, suffix):
 def bundled_examples(folder=None, size=256):
     """(label, file name, bytes) of the examples the page offers: one synthetic phantom per class (PNG), and the
     first images of `folder` (the operator's, read once at start-up; kept in memory)."""
-    from .images import IMAGE_SUFFIXES
-    from .sources.phantom import make_phantoms
     out = []
     with tempfile.TemporaryDirectory(prefix="cxr-serve-examples-") as tmp:
         csv = make_phantoms(tmp, patients_per_class=1, images_per_patient=(1, 1), size=size, seed=7)
-        import pandas as pd
         for row in pd.read_csv(csv).itertuples():
             out.append((f"synthetic phantom: {row.finding}", f"phantom-{row.finding}.png", (Path(tmp) / row.file).read_bytes()))
     if folder:
@@ -473,13 +465,14 @@ async def read_body(request, limit):
 
 
 def _json(payload, status=200):
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse  # the `serve` extra: imported when a server runs
     return JSONResponse(payload, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def create_app(models, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE, max_pixels=MAX_PIXELS, examples=(),
                keep_dir=None, allowed_hosts=None):
     """The Starlette app serving `models` (ServedModel list); `app.state.engine` is its queue.
+    (starlette is the `serve` extra, imported here so the rest of this module works without it.)
 
     allowed_hosts: Host header values accepted (default: any); the command limits a loopback server to
     loopback names, so a web page elsewhere cannot reach it through DNS rebinding."""
@@ -488,8 +481,6 @@ def create_app(models, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE, max_p
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import HTMLResponse, Response
     from starlette.routing import Route
-
-    from .serve_page import PAGE
     engine = Engine(queue_size)
     limit = int(float(max_upload_mb) * 2 ** 20)
     examples = list(examples)
@@ -585,8 +576,6 @@ def serve_command(*model_dirs, host=DEFAULT_HOST, port=DEFAULT_PORT, max_upload_
         import uvicorn
     except ImportError as e:
         raise CxrError(f"serve needs {e.name}: pip install -e '.[serve]' (starlette, uvicorn)") from None
-
-    from .args import as_float, as_int
     port = as_int(port, "port", 0)
     if port > 65535: raise CxrError(f"--port must be <= 65535, got {port}")
     queue_size = as_int(queue_size, "queue-size", 1)
