@@ -269,9 +269,9 @@ def run_folders(run_dirs):
     return found
 
 
-def _cell(v):
-    if isinstance(v, (dict, list, tuple)): return json.dumps(v, default=str)
-    return v
+def config_cell(v):
+    "A configuration value as a comparison table shows it: lists and dicts as their JSON text."
+    return json.dumps(jsonable(v)) if isinstance(v, (dict, list, tuple)) else v
 
 
 def compare(*run_dirs, out=None):
@@ -289,9 +289,9 @@ def compare(*run_dirs, out=None):
             for k in COMPARE_METRICS: row[f"{split}_{k}"] = (metrics.get(split) or {}).get(k)
         rows.append(row)
     keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in IGNORED_CONFIG_KEYS | {"arch", "task"}]
-    differ = [k for k in keys if len({json.dumps(_cell(c.get(k)), default=str) for c in configs}) > 1]
+    differ = [k for k in keys if len({json.dumps(jsonable(c.get(k))) for c in configs}) > 1]
     df = pd.DataFrame(rows)
-    for k in reversed(differ): df.insert(3, k, [_cell(c.get(k)) for c in configs])
+    for k in reversed(differ): df.insert(3, k, [config_cell(c.get(k)) for c in configs])
     metric_cols = [c for c in df.columns if c.startswith(("valid_", "test_"))]
     df[metric_cols] = df[metric_cols].astype(float)
     if out: write_atomic(out, lambda p: p.write_text(compare_markdown(df) + "\n"))
