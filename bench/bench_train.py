@@ -79,7 +79,7 @@ def run_fit(dls, bf16, max_batches, plain):
         from torchvision.models import resnet18
         learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
     else:
-        learn = Learner(dls, build_model(RESNET, dls.c, pretrained=False), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+        learn = Learner(dls, build_model(RESNET, dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     learn.fit(1, 1e-3, cbs=cbs)
     return timer.rate()
 
@@ -95,7 +95,7 @@ def run_data_only(dls, max_batches):
 def run_bare(size, bs, bf16, steps):
     from cxr_fast.models import build_model
     torch.manual_seed(0)
-    model = build_model(RESNET, 3, pretrained=False).train()
+    model = build_model(RESNET, 3).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 3, (bs,))
     timer = Timer()

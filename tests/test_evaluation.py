@@ -161,7 +161,7 @@ def tiny_learner(table):
     torch.manual_seed(0)
     dls = get_dls(table, size=32, bs=8, num_workers=0, aug="none")
     loss = BCEWithLogitsLossFlat() if is_multilabel(table) else CrossEntropyLossFlat()
-    return Learner(dls, build_model("resnet18", len(classes_of(table)), pretrained=False), loss_func=loss)
+    return Learner(dls, build_model("resnet18", len(classes_of(table))), loss_func=loss)
 
 
 def write_history(run_dir):
@@ -224,7 +224,7 @@ def model_dir(tmp_path):
     meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Covid-19", "No_findings"],
             "task": "folders", "multilabel": False, "loss": "cross_entropy", "img_size": 32, "resize_method": "squish",
             "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "thresholds": {"positive": 0.5}}
-    return save_model_dir(build_model("resnet18", 2, pretrained=False), tmp_path / "run" / "model", meta)
+    return save_model_dir(build_model("resnet18", 2), tmp_path / "run" / "model", meta)
 
 
 @pytest.fixture

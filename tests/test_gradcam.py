@@ -11,7 +11,7 @@ from cxr_fast.models import build_model
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
-    return build_model("resnet18", 3, pretrained=False)
+    return build_model("resnet18", 3)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_default_layer_is_the_last_conv_block_and_small_inputs_still_work(resnet
 
 
 def test_timm_body():
-    model = build_model("test_resnet", 2, pretrained=False)
+    model = build_model("test_resnet", 2)
     heat = gradcam(model, torch.randn(2, 3, 64, 64), target=1)
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all() and heat.max() <= 1
 
