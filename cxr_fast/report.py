@@ -4,10 +4,12 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import plots
 from .metrics import HEADLINE, decisions, targets_of
 from .table import classes_of, format_problems, is_multilabel, summarize, write_atomic
+from .weights import describe_provenance
 
 
 # ---- figures -------------------------------------------------------------------------------
@@ -110,6 +112,33 @@ def config_section(config):
     return ["## Configuration", "", *md_table(["key", "value"], rows), ""]
 
 
+def stage_rows(plan, history_csv):
+    "One row per plan stage: what trained, epochs run, its learning rate, and the last epoch's losses and accuracy."
+    try:
+        hist = pd.read_csv(history_csv)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        hist = pd.DataFrame()
+    rows = []
+    for i, stage in enumerate(plan, 1):
+        ran = hist[hist["stage"].astype(str) == str(i)] if "stage" in hist else hist.iloc[0:0]
+        last = ran.iloc[-1] if len(ran) else {}
+        acc = next((k for k in ("accuracy", "accuracy_multi") if k in ran), None)
+        rows.append([i, stage["train"], len(ran), stage["lr"], *[fmt(last.get(k)) if len(ran) else "-"
+                                                                  for k in ("train_loss", "valid_loss", acc)]])
+    return rows
+
+
+def training_section(config, history_csv):
+    "Where the body's weights came from, and each stage of the freeze plan with how it ended."
+    if not config or not config.get("plan"): return []
+    lines = ["## Starting weights and training stages", "",
+             f"Starting weights: {describe_provenance(config.get('start_weights'))}.", ""]
+    header = ["stage", "trains", "epochs run", "learning rate", "train loss", "valid loss", "accuracy"]
+    return lines + md_table(header, stage_rows(config["plan"], history_csv)) + [
+        "", "`head`: body frozen (feature extraction); `all`: everything trains; a `lo:hi` rate is spread across "
+            "the layer groups (discriminative learning rates).", ""]
+
+
 def with_ci(m, key):
     "A metric with its confidence interval in brackets."
     ci = (m.get("ci") or {}).get(key)
@@ -163,5 +192,6 @@ def write_report(out, title, result, figures=(), failures=(), table=None, config
     if warning: lines += [warning, ""]
     lines += list(extra)
     if table is not None: lines += data_section(table, leakage)
+    lines += training_section(config, Path(out) / "history.csv")
     lines += config_section(config) + metrics_section(result) + figures_section(figures, failures)
     return write_atomic(Path(out) / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))

@@ -14,12 +14,12 @@ from cxr_fast import recipes
 from cxr_fast.training import train
 
 
-def run(data="data/darkcovidnet", out="runs/densenet121-3class", classes=None, epochs=4, lr=1e-3, fine_tune_epochs=4,
+def run(data="data/darkcovidnet", out="runs/densenet121-3class", arch="densenet121", classes=None, epochs=4, lr=1e-3, fine_tune_epochs=4,
         fine_tune_lr=1e-4, fine_tune_groups=2, valid_pct=0.1, test_pct=0.1, bs=32, size=224, aug="cxr",
         save_best=False, pretrained=True, seed=42, overwrite=False, resume=False, quick=False):
     """Feature extraction vs feature extraction + fine-tuning of an ImageNet DenseNet121 on three classes."""
     root = recipes.need_data(data, "darkcovidnet")
-    fit = recipes.fit_options(quick, arch="densenet121", bs=bs, size=size, aug=aug, save_best=save_best,
+    fit = recipes.fit_options(quick, arch=arch, bs=bs, size=size, aug=aug, save_best=save_best,
                               pretrained=pretrained, seed=seed, overwrite=overwrite,
                               resume=resume, valid_pct=valid_pct, test_pct=test_pct)
     table = recipes.load_data(root, "folders", "3class", quick, classes=classes, valid_pct=valid_pct,

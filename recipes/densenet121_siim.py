@@ -16,7 +16,7 @@ from cxr_fast.training import train
 BALANCED = {"binary": 3000}  # task -> default class-balanced sample size (None: every image)
 
 
-def run(data="data/siim", out="runs/densenet121-siim", task="binary", sample_size=None, multi_image="first-frontal",
+def run(data="data/siim", out="runs/densenet121-siim", arch="densenet121", task="binary", sample_size=None, multi_image="first-frontal",
         epochs=20, patience=5, lr=3e-4, opt="adamw", wd=0.0, valid_pct=0.2, test_pct=0.1, bs=32, size=224,
         aug="cxr", pretrained=True, seed=42, overwrite=False, resume=False, quick=False):
     """An ImageNet DenseNet121 on SIIM study-level labels, early-stopped.
@@ -24,7 +24,7 @@ def run(data="data/siim", out="runs/densenet121-siim", task="binary", sample_siz
     task: binary or 4class; sample_size: a class-balanced sample of this many images (default: 3000 for
     binary, every image for 4class; 0: every image); multi_image: skip, first-frontal or all."""
     root = recipes.need_data(data, "siim")
-    fit = recipes.fit_options(quick, arch="densenet121", opt=opt, wd=wd, bs=bs, size=size, aug=aug, patience=patience,
+    fit = recipes.fit_options(quick, arch=arch, opt=opt, wd=wd, bs=bs, size=size, aug=aug, patience=patience,
                               monitor="valid_loss", pretrained=pretrained, seed=seed, overwrite=overwrite,
                               resume=resume, valid_pct=valid_pct, test_pct=test_pct)
     sample_size = BALANCED.get(task) if sample_size is None else (sample_size or None)

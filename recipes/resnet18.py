@@ -17,7 +17,7 @@ from cxr_fast import recipes
 from cxr_fast.training import train
 
 
-def run(data="data/coronahack", out="runs/resnet18", classes=None, hidden=380, dropout=0.5, lr=1e-3, epochs=10,
+def run(data="data/coronahack", out="runs/resnet18", arch="resnet18", classes=None, hidden=380, dropout=0.5, lr=1e-3, epochs=10,
         layers="conv1,layer1,layer3", bs=32, size=224, aug="cxr", wd=0.0, valid_pct=0.2, pretrained=True,
         seed=42, overwrite=False, resume=False, quick=False):
     """Three runs of an ImageNet ResNet18 with a `hidden`-unit head: FC only, `layers` + FC, everything.
@@ -25,7 +25,7 @@ def run(data="data/coronahack", out="runs/resnet18", classes=None, hidden=380, d
     classes: class mapping, e.g. 'COVID-19->Infected,Pneumonia->Infected,Normal'; layers: the conv layers the
     second run trains with the FC; valid_pct: carved by patient when the data has no valid split."""
     root = recipes.need_data(data, "coronahack")
-    fit = recipes.fit_options(quick, arch="resnet18", hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size,
+    fit = recipes.fit_options(quick, arch=arch, hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size,
                               aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite,
                               resume=resume, valid_pct=valid_pct)
     source, task = recipes.binary_source(root)
