@@ -20,6 +20,12 @@ BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py; the argmax changes
 TTA (`tta=True`) averages the probabilities of the plain image and 5 mild views made from the model-size
 input: a 1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner (see TTA_VIEWS).
 No flips: a chest X-ray has a side. The cost is 6 forward passes per image.
+
+Probabilities are temperature-scaled when model.json has a fitted temperature (`calibration`, see
+calibration.py): logits / T, which changes no argmax and no ranking. `predict` adds a `warning` column:
+what the input guard (guards.py) says about files that do not look like frontal chest radiographs
+(another modality or body part, a lateral view, colour, an extreme shape, an almost blank image);
+those files are still predicted.
 """
 import glob
 import os
@@ -39,7 +45,8 @@ from .args import as_bool, as_float, as_int
 from .errors import CxrError, DataError, ModelFormatError
 from .images import IMAGE_SUFFIXES, is_dicom_file, load_image, preprocess
 from .gradcam import gradcam, overlay
-from .modelio import PICKLE_NAME, load_model_module, locate_model_dir
+from .guards import safe_input_warnings
+from .modelio import PICKLE_NAME, card_path, load_model_module, locate_model_dir
 from .resize import RESIZE_METHODS, resizer
 from .table import positive_index, write_atomic
 
@@ -188,6 +195,7 @@ class Predictor:
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.bf16, self.channels_last = bool(bf16), bool(channels_last)
+        self.temperature = temperature_tensor(meta, self.classes, self.device)  # None: probabilities as they come
         self.model = model.to(self.device).eval()
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -215,13 +223,19 @@ class Predictor:
     # -- preprocessing
     def load(self, path):
         "Decode + resize one file: a uint8 tensor (1, H, W), or the error message (str) saying why not."
+        return self.decode(path, warn=False)[0]
+
+    def decode(self, path, warn=True):
+        "(uint8 tensor (1, H, W) or the error message, the input guard's warnings ('' when none or not asked for))."
         try:
-            img = self.resize(preprocess(load_image(path), self.preprocessing))
-            return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
+            gray = load_image(path)
+            img = self.resize(preprocess(gray, self.preprocessing))
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
         except DataError as e:
-            return str(e)
+            return str(e), ""
         except Exception as e:  # a decoder bug must not stop the other images
-            return f"{path}: cannot read image ({type(e).__name__}: {e})"
+            return f"{path}: cannot read image ({type(e).__name__}: {e})", ""
+        return x, (safe_input_warnings(path, gray) if warn else "")
 
     def to_input(self, x):
         "A uint8 batch (N, 1 or 3, H, W) -> the normalised float batch the model takes, on the device."
@@ -229,12 +243,13 @@ class Predictor:
         x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def iter_batches(self, paths, batch_size=32, workers=None, prefetch=2):
-        "Yield lists of (index, uint8 tensor or error str), decoded by `workers` threads `prefetch` batches ahead."
+    def iter_batches(self, paths, batch_size=32, workers=None, prefetch=2, warn=False):
+        """Yield lists of (index, uint8 tensor or error str, warnings str), decoded by `workers` threads `prefetch`
+        batches ahead; warn: run the input guard on each file too."""
         workers = _default_workers() if workers is None else int(workers)
         if workers == 0:
             for start in range(0, len(paths), batch_size):
-                yield [(i, self.load(paths[i])) for i in range(start, min(start + batch_size, len(paths)))]
+                yield [(i, *self.decode(paths[i], warn)) for i in range(start, min(start + batch_size, len(paths)))]
             return
         with ThreadPoolExecutor(workers, thread_name_prefix="cxr-decode") as pool:
             pending, todo = deque(), iter(range(len(paths)))
@@ -243,18 +258,19 @@ class Predictor:
                 while len(pending) < batch_size * (prefetch + 1):
                     i = next(todo, None)
                     if i is None: return
-                    pending.append((i, pool.submit(self.load, paths[i])))
+                    pending.append((i, pool.submit(self.decode, paths[i], warn)))
 
             fill()
             while pending:
                 batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
                 fill()
-                yield [(i, f.result()) for i, f in batch]
+                yield [(i, *f.result()) for i, f in batch]
 
     # -- the model
     def activation(self, logits):
-        "Sigmoid per label (multi-label) or softmax over classes."
+        "Sigmoid per label (multi-label) or softmax over classes, of logits / T when the model has a temperature."
         logits = logits.float()
+        if self.temperature is not None: logits = logits / self.temperature
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
     def forward_proba(self, x, tta=False):
@@ -265,18 +281,21 @@ class Predictor:
             if self.channels_last: views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             return torch.stack([self.activation(self.model(v)) for v in views]).mean(0).float().cpu()
 
-    def predict_proba(self, paths, batch_size=32, tta=False, workers=None, gradcam=None):
+    def predict_proba(self, paths, batch_size=32, tta=False, workers=None, gradcam=None, warnings_out=None):
         """(probs, errors): probs (N, C) float32 with NaN rows for failed files; errors[i] '' or why file i failed.
 
-        gradcam: a folder to write one heatmap overlay PNG per image into."""
+        gradcam: a folder to write one heatmap overlay PNG per image into; warnings_out: a list that gets the input
+        guard's warnings of each file ('' when none)."""
         paths = [str(p) for p in paths]
         probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
         errors = [""] * len(paths)
+        if warnings_out is not None: warnings_out[:] = [""] * len(paths)
         cam_names = _unique_stems(paths) if gradcam is not None else None
-        for batch in self.iter_batches(paths, batch_size, workers):
-            good = [(i, t) for i, t in batch if not isinstance(t, str)]
-            for i, t in batch:
+        for batch in self.iter_batches(paths, batch_size, workers, warn=warnings_out is not None):
+            good = [(i, t) for i, t, _ in batch if not isinstance(t, str)]
+            for i, t, w in batch:
                 if isinstance(t, str): errors[i] = t
+                if warnings_out is not None: warnings_out[i] = w
             if not good: continue
             idx = [i for i, _ in good]
             x_u8 = torch.stack([t for _, t in good])
@@ -287,9 +306,9 @@ class Predictor:
     def gradcam_batches(self, rows, batch_size=32):
         "Grad-CAM inputs of a table's rows: (normalised batch, grayscale images as the model saw them) per batch."
         for batch in self.iter_batches(rows["path"].astype(str).tolist(), batch_size, workers=0):
-            failed = [t for _, t in batch if isinstance(t, str)]
+            failed = [t for _, t, _ in batch if isinstance(t, str)]
             if failed: raise DataError(failed[0])
-            x_u8 = torch.stack([t for _, t in batch])
+            x_u8 = torch.stack([t for _, t, _ in batch])
             yield self.to_input(x_u8), [Image.fromarray(t[0].numpy(), mode="L") for t in x_u8]
 
     def write_gradcams(self, x_u8, names, folder):
@@ -340,7 +359,8 @@ class Predictor:
         return preds
 
     def predict(self, inputs, batch_size=32, tta=False, threshold=None, workers=None, gradcam=None):
-        """A DataFrame: path, pred, p_<class> per class, error ('' when the file was read).
+        """A DataFrame: path, pred, p_<class> per class, error ('' when the file was read), warning (the input
+        guard's, '' when the file looks like a frontal chest radiograph).
 
         inputs: image files, folders (recursive), globs or CSVs with a `path` column (see `collect_inputs`)."""
         self.thresholds_for(threshold)  # fail on a bad threshold before the work
@@ -348,10 +368,12 @@ class Predictor:
         if skipped:
             print(f"skipped {len(skipped)} non-image file(s) in the input folders, e.g. {skipped[0]}", file=sys.stderr)
         if not paths: raise CxrError(f"no images found in {inputs}")
-        probs, errors = self.predict_proba(paths, batch_size, tta, workers, gradcam)
+        found = []
+        probs, errors = self.predict_proba(paths, batch_size, tta, workers, gradcam, warnings_out=found)
         df = pd.DataFrame({"path": paths, "pred": self.decide(probs, threshold)})
         for j, c in enumerate(self.classes): df[f"p_{c}"] = probs[:, j]
         df["error"] = errors
+        df["warning"] = found
         df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source, tta=bool(tta))
         return df
 
@@ -364,6 +386,15 @@ class Predictor:
         sub = pd.DataFrame({"id": ids})
         for c in self.classes: sub[c] = (ok[f"p_{c}"].to_numpy() >= t[c]).astype(int)
         return sub
+
+
+def temperature_tensor(meta, classes, device):
+    "The fitted temperature of model.json's `calibration` as a tensor dividing logits (1 or (1, C)), or None."
+    t = (meta.get("calibration") or {}).get("temperature")
+    if t is None: return None
+    values = [float(t.get(c, 1.0)) for c in classes] if isinstance(t, dict) else [float(t)]
+    if not all(v > 0 for v in values): raise ModelFormatError(f"model.json: calibration temperature {t} must be > 0")
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1)
 
 
 def load_model(model_dir, device=None, unsafe_pickle=False, **options):
@@ -415,7 +446,8 @@ def format_predictions(df):
     show = df.copy()
     for c in show.columns:
         if c.startswith("p_"): show[c] = show[c].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-    if (show["error"] == "").all(): show = show.drop(columns="error")
+    for col in ("error", "warning"):
+        if col in show and (show[col] == "").all(): show = show.drop(columns=col)
     return show.to_string(index=False)
 
 
@@ -438,6 +470,12 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, thres
     if out is None: print(format_predictions(df))
     else: print(f"wrote {len(df)} predictions to {out}")
     if submission is not None: print(f"wrote submission to {submission}")
+    flagged = df.loc[df["warning"] != ""]
+    if len(flagged):
+        print(f"{len(flagged)} of {len(df)} image(s) do not look like frontal chest X-rays (predicted anyway; see the "
+              f"warning column), e.g. {flagged['path'].iloc[0]}: {flagged['warning'].iloc[0]}", file=sys.stderr)
+    card = card_path(model_dir)
+    if card is not None: print(f"model card (intended use, training data, limitations): {card}", file=sys.stderr)
     if n_bad:
         print(f"{n_bad} of {len(df)} image(s) could not be read:", file=sys.stderr)
         for e in df.loc[df["error"] != "", "error"]: print(f"  {e}", file=sys.stderr)

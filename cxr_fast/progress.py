@@ -53,9 +53,10 @@ def _fmt(value):
 class EpochLines(Callback):
     """Print one line per epoch (epoch n/N and every recorded value) instead of progress bars.
 
-    It takes the place of `ProgressCallback` (same order, same logger hand-over), so callbacks that wrap
-    `learn.logger` after it (a resumed run skipping its replayed epochs) keep working."""
-    order = ProgressCallback.order
+    It takes the place of `ProgressCallback` in replacing the learner's `print` logger, and sets up before
+    every callback that wraps `learn.logger` (fastai's CSVLogger at 60, a resumed run's ResumeRecorder at 65),
+    so their wrappers chain onto it instead of being replaced by it."""
+    order = 55  # after the Recorder (50), before the logger wrappers (60+)
 
     def __init__(self, stream=None):
         self.stream = stream  # None: sys.stdout at the time of printing (pytest's capture, redirections)

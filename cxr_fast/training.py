@@ -37,6 +37,7 @@ from .modelio import save_model_dir
 from .models import build_model, check_arch, default_head, default_size, input_spec, splitter_for
 from .plans import check_plan, default_plan, fit_stage, lr_uses_auto, parse_lr, parse_plan
 from .precision import CpuBF16Autocast
+from .progress import configure_progress
 from .resize import RESIZE_METHODS
 from .table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table, write_atomic,
                     write_table)
@@ -77,6 +78,7 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
     learn.start_weights = start_weights
+    configure_progress(learn)  # one line per epoch when stdout is not a terminal (a log file, CI)
     if pretrained or weights: learn.freeze()
     return learn
 

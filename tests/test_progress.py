@@ -55,3 +55,14 @@ def test_mode_from_the_environment_and_bad_modes(monkeypatch):
     assert resolve_mode(stream=io.StringIO()) == "lines"
     with pytest.raises(ValueError, match="choose one of"):
         resolve_mode("fancy")
+
+
+def test_a_csv_logger_added_for_the_fit_still_gets_every_epoch(tmp_path):
+    from fastai.callback.progress import CSVLogger
+    learn = synth_learner(n_trn=8, n_val=4, path=tmp_path)
+    out = io.StringIO()
+    configure_progress(learn, mode="lines", stream=out)
+    learn.fit(2, 1e-2, cbs=CSVLogger(fname="history.csv"))
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,valid_loss") and len(rows) == 3
+    assert len(out.getvalue().splitlines()) == 2
