@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.training import GradientClip
+from fastai.callback.training import BnFreeze, GradientClip
 from fastai.learner import Learner
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
 from fastai.optimizer import SGD, Adam
@@ -78,6 +78,7 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
     learn.start_weights = start_weights
+    if not kwargs.get("train_bn", True): learn.add_cb(BnFreeze())  # frozen BatchNorm keeps its statistics too
     configure_progress(learn)  # one line per epoch when stdout is not a terminal (a log file, CI)
     if pretrained or weights: learn.freeze()
     return learn
