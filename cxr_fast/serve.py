@@ -250,7 +250,8 @@ def model_card_html(name, meta, model_dir):
     card = Path(model_dir) / "MODEL_CARD.md"
     if card.is_file():
         try:
-            parts += ["<h4>MODEL_CARD.md</h4>", _markdown_html(card.read_text(errors="replace"))]
+            parts.append("<details class='model-card-file'><summary>MODEL_CARD.md (the model directory's card, in full)"
+                         "</summary>" + _markdown_html(card.read_text(errors="replace")) + "</details>")
         except OSError:
             pass
     return "\n".join(parts)

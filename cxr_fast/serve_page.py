@@ -53,6 +53,7 @@ PAGE = r"""<!doctype html>
   .card-table th, .card-table td { border: 1px solid var(--line); padding: 3px 7px; text-align: left; }
   .card ul { margin: 4px 0; padding-left: 20px; font-size: 13px; }
   .model-card-md { font-size: 13px; white-space: normal; }
+  details.model-card-file { margin-top: 12px; } details.model-card-file summary { cursor: pointer; font-weight: 600; font-size: 14px; }
   pre.model-card-md { white-space: pre-wrap; }
 </style>
 </head>
