@@ -249,33 +249,48 @@ def _fmt(v, digits=3):
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
-def report_lines(summary, op=None):
-    "The report's calibration section (markdown lines): ECE and NLL before/after per split, T, the operating point."
-    if not summary: return []
+def report_lines(result):
+    """The report's calibration section (markdown lines) from a metrics dict: ECE and NLL before/after temperature
+    scaling per split (each split's `calibration`), the temperature (`calibration`), the operating point."""
+    entry = result.get("calibration") or {}
+    splits = {s: result[s]["calibration"] for s in ("valid", "test")
+              if isinstance(result.get(s), dict) and result[s].get("calibration")}
+    if not splits: return []
     lines = ["## Calibration", ""]
-    splits = summary.get("splits", {})
-    kind = "top-class" if not any("per_label" in (e.get("after") or e.get("uncalibrated") or {})
-                                  for e in splits.values()) else "per-label (mean over labels)"
-    if summary.get("method") == "temperature scaling":
-        t = summary["temperature"]
-        shown = (", ".join(f"{c} {v:.3f}" for c, v in t.items()) if isinstance(t, dict) else f"{t:.3f}")
-        lines += [f"Temperature scaling fitted on the {summary['fitted_on']} split ({summary['n_fit']} images): "
-                  f"T = {shown} (logits divided by T; T > 1 softens overconfident probabilities). "
-                  f"Every probability in this report and from `predict` is the scaled one.", ""]
-        rows = [[s, _fmt(e["before"]["ece"]), _fmt(e["after"]["ece"]), _fmt(e["before"].get("nll")),
-                 _fmt(e["after"].get("nll"))] for s, e in splits.items()]
-        header = ["split", "ECE before", "ECE after", "NLL before", "NLL after"]
+    kind = "per-label (mean over labels)" if any("per_label" in c for c in splits.values()) else "top-class"
+    scaled = entry.get("method") == "temperature scaling" and any("before" in c for c in splits.values())
+    if scaled:
+        t = entry["temperature"]
+        shown = ", ".join(f"{c} {v:.3f}" for c, v in t.items()) if isinstance(t, dict) else f"{t:.3f}"
+        lines += [f"Temperature scaling fitted on the {entry.get('fitted_on', 'valid')} split"
+                  + (f" ({entry['n_fit']} images)" if entry.get("n_fit") else "") + f": T = {shown} (logits divided "
+                  f"by T; T > 1 softens overconfident probabilities, T < 1 sharpens). The metrics above and `predict` "
+                  f"use the scaled probabilities; accuracy and AUC are the same before and after.", ""]
+        rows = [[s, _fmt(c["before"]["ece"]), _fmt(c["ece"]), _fmt(c["before"].get("nll")), _fmt(c.get("nll"))]
+                for s, c in splits.items()]
+        lines += _md(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows)
     else:
-        if summary.get("note"): lines += [f"No temperature scaling: {summary['note']}.", ""]
-        else: lines += ["No temperature scaling (--calibrate false).", ""]
-        rows = [[s, _fmt(e["uncalibrated"]["ece"]), _fmt(e["uncalibrated"].get("nll"))] for s, e in splits.items()]
-        header = ["split", "ECE", "NLL"]
-    lines += _md(header, rows)
-    lines += ["", f"ECE: {kind} expected calibration error over {summary.get('n_bins', N_BINS)} equal-width "
-                  f"confidence bins (0 is perfect). On the split T was fitted on it is optimistic.", ""]
-    if op:
-        lines += operating_point_lines(op)
+        why = entry.get("note") or "--calibrate false, or no temperature in the model"
+        lines += [f"No temperature scaling ({why}).", ""]
+        lines += _md(["split", "ECE", "NLL"], [[s, _fmt(c["ece"]), _fmt(c.get("nll"))] for s, c in splits.items()])
+    lines += ["", f"ECE: {kind} expected calibration error over {entry.get('n_bins', N_BINS)} equal-width confidence "
+                  f"bins (0 is perfect); on the split the temperature was fitted on it is optimistic. Reliability "
+                  f"diagrams are among the figures.", ""]
+    if result.get("operating_point"): lines += operating_point_lines(result["operating_point"])
     return lines
+
+
+def external_calibration(probs, y, classes, multilabel, model_calibration, n_bins=N_BINS):
+    """(split calibration, top-level entry) for probabilities a temperature-scaled model gave on other data:
+    after = as given, before = the same with the temperature undone (logits x T)."""
+    after = calibration_of(probs, y, classes, multilabel, n_bins)
+    t = (model_calibration or {}).get("temperature")
+    if t is None: return after, {"method": "none", "n_bins": n_bins, "note": "the model has no fitted temperature"}
+    undo = 1.0 / temperature_vector(t, classes, multilabel)
+    before = calibration_of(temper(probs, undo, multilabel), y, classes, multilabel, n_bins)
+    entry = {k: v for k, v in model_calibration.items() if k != "ece"}
+    entry["fitted_on"] = f"{model_calibration.get('fitted_on', 'valid')} split of the training data"
+    return {**after, "before": before}, {**entry, "n_bins": n_bins}
 
 
 def operating_point_lines(op):

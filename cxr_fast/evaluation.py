@@ -4,7 +4,8 @@
 - `evaluate(model_dir, source, root, ...)`: a trained model on another labelled dataset;
 - `compare(*run_dirs)`: the runs' configurations and headline metrics side by side.
 
-The metric maths is in metrics.py, the figures and report.md in report.py.
+The metric maths is in metrics.py, the figures and report.md in report.py, calibration (ECE, temperature
+scaling, the sensitivity operating point) in calibration.py.
 """
 import json
 from pathlib import Path
@@ -15,18 +16,20 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import calibration
 from .args import as_choice, as_int
 from .blocks import test_dl
+from .card import evaluation_entry
 from .data import load_table, typed_source_options
 from .errors import CxrError, DataError
 from .inference import Predictor
 from .jsonio import jsonable, read_json, write_json
 from .metrics import HEADLINE, N_BOOT, split_metrics, targets_of, tune_thresholds
-from .modelio import find_model_dir
+from .modelio import find_model_dir, record_evaluation
 from .plots import dls_batches, read_history
 from .report import fmt, with_ci, draw_figures, md_table, write_report
 from .sources import get_source
-from .table import absent_classes, classes_of, is_multilabel, parse_class_map, write_atomic
+from .table import absent_classes, classes_of, is_multilabel, parse_class_map, positive_index, write_atomic
 
 # ---- after a training run ------------------------------------------------------------------
 
@@ -38,6 +41,14 @@ def learner_probs(learn, part, multilabel):
     if getattr(learn.loss_func, "activation", None) is None:  # a plain torch loss: these are logits
         probs = torch.sigmoid(probs) if multilabel else torch.softmax(probs, dim=1)
     return probs.float().cpu().numpy()
+
+
+def learner_logits(learn, part):
+    "Raw outputs (N, C) of a fastai learner on a table's rows, before any activation (float32)."
+    dl = test_dl(learn.dls, part, with_labels=False)
+    with (learn.no_bar() if hasattr(learn, "no_bar") else nullcontext()):
+        logits, _ = learn.get_preds(dl=dl, with_decoded=False, act=lambda x: x)
+    return logits.float().cpu().numpy()
 
 
 def split_rows(table, split):
@@ -64,23 +75,49 @@ def run_thresholds(parts, probs, classes, multilabel, threshold=0.5):
     return thresholds, ["thresholds tuned on this split (per label, maximising F1): its F1 is optimistic", *notes]
 
 
+def run_operating_point(probs, ys, classes, target, default):
+    "(binary operating point for a target sensitivity chosen on valid, or None, notes)."
+    if not target or len(classes) != 2: return None, []
+    pos = positive_index(classes)
+    op = calibration.operating_point({s: p[:, pos] for s, p in probs.items()}, {s: y == pos for s, y in ys.items()},
+                                     float(target), default=default)
+    if op is None: return None, [f"no {classes[pos]} image in the valid split: no operating point for target "
+                                 f"sensitivity {target}; the threshold stays at {default}"]
+    return op, [f"decision threshold {op['threshold']:.4f} chosen on this split for sensitivity {target}: "
+                f"its sensitivity is optimistic"]
+
+
 def evaluate_run(learn, table, run_dir, config=None, *, threshold=None, n_boot=N_BOOT, seed=0, gallery_k=4,
                  n_gradcam=8):
     """Metrics of a trained learner on the table's valid and test rows, figures and `report.md` in `run_dir`.
 
-    Writes RUN_DIR/metrics.json = {"valid": {...}, "test": {...}, "thresholds": {...}} and returns the same dict.
+    Writes RUN_DIR/metrics.json = {"valid": {...}, "test": {...}, "thresholds": {...}, "calibration": {...},
+    "operating_point": {...}} and returns the same dict. With config['calibrate'] (default true) a temperature
+    is fitted on valid and every probability is the scaled one; with config['target_sensitivity'] a binary
+    model's threshold is the operating point chosen on valid for that sensitivity.
     threshold: binary decision threshold on the disease class (default: config['threshold'] or 0.5)."""
     run_dir = Path(run_dir)
     config = config if config is not None else (read_json(run_dir / "config.json") or {})
     multilabel, classes = is_multilabel(table), learner_classes(learn, table)
     parts = {s: split_rows(table, s) for s in ("valid", "test") if (table["split"] == s).any()}
     if not parts: raise CxrError("the table has no valid or test rows to evaluate")
-    probs = {s: learner_probs(learn, part, multilabel) for s, part in parts.items()}
+    logits = {s: learner_logits(learn, part) for s, part in parts.items()}
+    ys = {s: targets_of(part, classes, multilabel) for s, part in parts.items()}
+    probs, calib = calibration.calibrate_splits(logits, ys, classes, multilabel, config.get("calibrate", True))
+    raw = {s: calibration.activation(z, multilabel) for s, z in logits.items()}
     threshold = threshold if threshold is not None else (config.get("threshold") or 0.5)
-    thresholds, notes = run_thresholds(parts, probs, classes, multilabel, threshold)
+    thresholds, notes = run_thresholds(parts, raw, classes, multilabel, threshold)  # tuned before scaling, then mapped:
+    if multilabel and calib.get("temperature"):  # the same decisions whether scaled or not
+        thresholds = calibration.temper_thresholds(thresholds, calib["temperature"], classes)
+    op, op_notes = (run_operating_point(probs, ys, classes, config.get("target_sensitivity"), threshold)
+                    if not multilabel and "valid" in parts else (None, []))
+    if op is not None: thresholds = {"positive": op["threshold"]}
     result = {s: split_metrics(parts[s], probs[s], classes, multilabel, thresholds, n_boot, seed) for s in parts}
-    result[next(iter(parts))]["notes"] += notes  # valid when there is one: where the thresholds were tuned
+    for s in parts: result[s]["calibration"] = calibration.split_calibration(calib, s)
+    result[next(iter(parts))]["notes"] += notes + op_notes  # valid when there is one: where they were chosen
     result["thresholds"] = thresholds
+    result["calibration"] = calibration.model_entry(calib)
+    if op is not None: result["operating_point"] = op
     result = jsonable(result)
     history = read_history(run_dir / "history.csv")
     figures, failures = draw_figures(run_dir, parts, probs, classes, multilabel, thresholds, result, learn.model,
@@ -190,6 +227,7 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     out = Path(out) if out else mdir.parent / ("eval-" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in
                                                                  f"{source}-{Path(str(root).split(',')[0]).name}"))
     probs_of = lambda rows: predictor.predict_proba(rows["path"].astype(str).tolist(), batch_size=bs)[0].astype(float)  # noqa: E731
+    # `predictor` applies the model's temperature (model.json `calibration`): these are the scaled probabilities
     probs = probs_of(part)
     ok = ~np.isnan(probs).any(axis=1)
     if not ok.any(): raise CxrError(f"none of the {len(part)} images could be predicted (unreadable files?)")
@@ -207,6 +245,17 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     if multilabel and len(eval_classes) < len(model_classes):
         missing = sorted(set(model_classes) - set(eval_classes))
         result["test"]["notes"].append(f"model labels not in this data, not scored: {missing}")
+    y = targets_of(part, eval_classes, multilabel)
+    result["test"]["calibration"], result["calibration"] = calibration.external_calibration(
+        probs, y, eval_classes, multilabel, meta.get("calibration"))
+    op = meta.get("operating_point")
+    if op and not multilabel and len(eval_classes) == 2:
+        pos = positive_index(eval_classes)
+        result["operating_point"] = {**{k: op[k] for k in ("target_sensitivity", "threshold", "default_threshold")},
+                                     "chosen_on": "the valid split of the training data",
+                                     "test": calibration.rates_at(probs[:, pos], y == pos, op["threshold"]),
+                                     "at_default": {"test": calibration.rates_at(probs[:, pos], y == pos,
+                                                                                 op["default_threshold"])}}
     result = jsonable(result)
     config = {"model_dir": str(mdir), "arch": meta["arch"], "model_task": meta["task"], "source": source, "root": str(root),
               "task": table.attrs.get("task"), "classes": classes, "split": split, **source_options}
@@ -218,6 +267,7 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     extra = evaluation_extra(source, root, mapping, result["unknown_classes"], result["images_not_predicted"],
                              result["images_in_training_table"])
     write_report(out, f"Evaluation of {mdir} on {source}", result, figures, failures, part, config, extra, leakage=False)
+    result["card"] = str(record_evaluation(mdir, evaluation_entry(result, config, out)))  # MODEL_CARD.md gets a row
     result["out"] = str(out)
     return result
 
@@ -248,6 +298,7 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
     for name, info in result["unknown_classes"].items():
         print(f"not scored: {info['images']} images of class {name}, unknown to the model")
     print(f"wrote {result['out']}/report.md")
+    print(f"added this evaluation to the model card: {result['card']}")
     return 0
 
 

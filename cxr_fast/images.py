@@ -97,10 +97,16 @@ def dhash(img, hash_size=16):
 
 def inspect_image(path, want_hash=False):
     "(problem, hash): problem is None for a readable image; hash is its dhash when asked for."
+    return inspect_decoded(path, want_hash)[:2]
+
+
+def inspect_decoded(path, want_hash=False, check=None):
+    """(problem, hash, check's result): inspect_image, plus `check(path, decoded image)` run on the same decode
+    (the table step's input guard); the result is None when the image cannot be read or there is no check."""
     try:
         img = load_image(path, draft_size=(128, 128))
     except DataError as e:
-        return str(e), None
+        return str(e), None, None
     except Exception as e:  # a decoder bug must not stop a whole table build
-        return f"{path}: cannot decode image ({type(e).__name__}: {e})", None
-    return None, (dhash(img) if want_hash else None)
+        return f"{path}: cannot decode image ({type(e).__name__}: {e})", None, None
+    return None, (dhash(img) if want_hash else None), (check(path, img) if check is not None else None)

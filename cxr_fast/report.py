@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import calibration, plots
 from .metrics import HEADLINE, decisions, targets_of
 from .table import classes_of, format_problems, is_multilabel, summarize, write_atomic
 from .weights import describe_provenance
@@ -49,6 +49,9 @@ def draw_figures(out, parts, probs, classes, multilabel, thresholds, metrics, mo
             plots.roc_curves(y, p, classes, multilabel), out / f"roc_{split}.png", split))
         _try_figure(figures, failures, f"best and worst images ({split})", plots.plot_gallery, part, y, p, pred, classes,
                     multilabel, out / f"gallery_{split}.png", k=gallery_k)
+        if metrics[split].get("calibration"):
+            _try_figure(figures, failures, f"reliability diagram ({split})", calibration.plot_reliability,
+                        metrics[split]["calibration"], out / f"reliability_{split}.png", split)
     main = "test" if "test" in parts else next(iter(parts), None)
     if model is not None and batches_of is not None and main is not None and n_gradcam:
         part = parts[main]
@@ -99,7 +102,10 @@ def data_section(table, leakage=True):
     elif leakage: lines += ["No patient or near-duplicate image is shared between splits.", ""]
     if absent: lines += ["**Classes absent from a split** (their metrics there are n/a):", "",
                          *[f"- {p['detail']}" for p in absent], ""]
-    other = [p for p in problems if p["kind"] not in ("shared_patient", "near_duplicate", "class_absent")]
+    flagged = [p for p in problems if p["kind"] == "input_warning"]
+    if flagged: lines += [f"**Input warnings** (rows kept): {len(flagged)} images do not look like frontal chest "
+                          f"radiographs (guards.py):", "", "```", *format_problems(flagged, 5), "```", ""]
+    other = [p for p in problems if p["kind"] not in ("shared_patient", "near_duplicate", "class_absent", "input_warning")]
     if other: lines += ["Other problems found while building the table (rows dropped):", "",
                         "```", *format_problems(other, 5), "```", ""]
     return lines
@@ -193,5 +199,6 @@ def write_report(out, title, result, figures=(), failures=(), table=None, config
     lines += list(extra)
     if table is not None: lines += data_section(table, leakage)
     lines += training_section(config, Path(out) / "history.csv")
-    lines += config_section(config) + metrics_section(result) + figures_section(figures, failures)
+    lines += config_section(config) + metrics_section(result) + calibration.report_lines(result)
+    lines += figures_section(figures, failures)
     return write_atomic(Path(out) / "report.md", lambda p: p.write_text("\n".join(lines) + "\n"))

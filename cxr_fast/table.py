@@ -10,7 +10,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .errors import DataError
-from .images import inspect_image
+from .guards import safe_input_warnings, warning_problems
+from .images import inspect_decoded
 from .sources import get_source
 
 SPLITS = ("train", "valid", "test")
@@ -155,17 +156,20 @@ def near_duplicate_pairs(df, hashes, max_bits=NEAR_DUPLICATE_BITS):
 
 
 def check_images(paths, want_hash=False, workers=None):
-    "Inspect every image once in parallel: list of (problem or None, hash or None)."
+    """Inspect every image once in parallel: list of (problem or None, hash or None, input warnings str), the
+    warnings from the input guard (guards.py) on the same decode ('' when the image looks like a chest X-ray)."""
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: inspect_image(p, want_hash), paths))
+        return list(pool.map(lambda p: inspect_decoded(p, want_hash, safe_input_warnings), paths))
 
 
 def drop_unreadable(df, want_hash=False):
-    "Drop rows whose image cannot be decoded; returns (table, problems, hashes of the kept rows)."
+    """Drop rows whose image cannot be decoded; returns (table, problems, hashes of the kept rows). Images the input
+    guard flags are kept, each counted as an `input_warning` problem."""
     results = check_images(df["path"].tolist(), want_hash)
     ok = np.array([r[0] is None for r in results], dtype=bool)
     problems = [problem("unreadable", p, r[0]) for p, r in zip(df["path"], results) if r[0] is not None]
+    problems += warning_problems(df["path"], [r[2] or "" for r in results])
     hashes = [r[1] for r, k in zip(results, ok) if k]
     return df[ok].reset_index(drop=True), problems, hashes
 

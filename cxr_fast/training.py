@@ -27,6 +27,7 @@ from fastcore.meta import delegates
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
 from .args import as_bool, as_choice, as_float, as_int, as_list
 from .blocks import AUG_PRESETS, get_dls
+from .card import data_facts
 from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last, next_position,
                           resume_hook)
 from .data import load_table, typed_source_options
@@ -185,7 +186,18 @@ def resolve_config(c):
     out["plan"] = (parse_plan(c["plan"], lr)
                    or default_plan(out["epochs"], lr, out["freeze_epochs"], out["pretrained"] or bool(out["weights"])))
     out["monitor"] = str(c["monitor"])
+    out["calibrate"] = as_bool(c.get("calibrate", True), "calibrate")
+    out["target_sensitivity"] = target_sensitivity_option(c.get("target_sensitivity"))
     return out
+
+
+def target_sensitivity_option(value):
+    "--target-sensitivity: a number in (0, 1], or none/off/0 for the plain 0.5 threshold."
+    if value is None or value is False or str(value).strip().lower() in ("none", "off", "false", "0", "0.0", ""):
+        return None
+    t = as_float(value, "target-sensitivity", 0.0, 1.0)
+    if t <= 0: return None
+    return t
 
 
 def class_weights_option(value):
@@ -257,8 +269,13 @@ def model_meta(config, table, learn, results):
             "thresholds": (results or {}).get("thresholds") or default_thresholds(classes, multilabel),
             "data": {"source": table.attrs.get("source") or config["source"], "task": config["task"],
                      "split_method": table.attrs.get("split_method", "as given"),
-                     "counts": summarize(table).to_dict()},
-            "metrics": {k: v for k, v in (results or {}).items() if k != "thresholds"}}
+                     "counts": summarize(table).to_dict(), **data_facts(table)},
+            "training": {"pretrained": config["pretrained"], "weights": config["weights"], "plan": config["plan"],
+                         "seed": config["seed"]},
+            "calibration": (results or {}).get("calibration") or {"method": "none"},
+            "operating_point": (results or {}).get("operating_point"),
+            "metrics": {k: v for k, v in (results or {}).items() if k not in ("thresholds", "calibration",
+                                                                              "operating_point")}}
 
 
 def build_learner(config, table, run_dir, cbs=None):
@@ -297,6 +314,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
           concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=None, aug="cxr", resize_method="squish",
           preprocessing="none",
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
+          calibrate=True, target_sensitivity=0.95,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
           train_bn=True, mixed_precision=True, bf16=False, cache=False, export_pkl=False, resume=False,
           overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn", cbs=None,
@@ -332,6 +350,10 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       num_workers: image-decoding processes (default: one per spare core); export_pkl: also write export.pkl
       resume: continue the run in `out` from its last finished epoch; overwrite: start a run in `out` again
       valid_pct, test_pct, classes, dedup, **source_options: as for the `table` command
+      calibrate: fit a temperature on the valid split after training (calibration.py); model.json keeps it and
+        predict, evaluate and serve apply it
+      target_sensitivity: binary tasks: the decision threshold is the operating point chosen on valid for this
+        sensitivity (saved in model.json, reported with its specificity on test); none: 0.5
       cbs: extra fastai callbacks for every stage
     """
     given = {k: v for k, v in locals().items() if k not in ("table", "cbs", "source_options", "out")}
@@ -401,7 +423,8 @@ def train_command(source, root, task=None, out=None, **options):
 
     python -m cxr_fast train SOURCE ROOT --task TASK --arch ARCH --out RUN_DIR [options]
 
-    Options (see `cxr_fast.training.train` for all): --arch, --plan 'head:2@1e-3,all:3@1e-5:1e-3',
+    Options (see `cxr_fast.training.train` for all): --calibrate true|false (temperature scaling on valid),
+    --target-sensitivity 0.95 (binary: the operating point chosen on valid; none: 0.5), --arch, --plan 'head:2@1e-3,all:3@1e-5:1e-3',
     --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
     --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
     --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,

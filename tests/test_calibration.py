@@ -87,8 +87,13 @@ def test_calibrate_splits_summary_and_notes():
     np.testing.assert_allclose(probs["test"], cal.apply_temperature(logits["test"], summary["temperature"], False))
     entry = cal.model_entry(summary)
     assert "splits" not in entry and entry["ece"]["test"]["after"] == test["after"]["ece"]
-    lines = "\n".join(cal.report_lines(summary))
+    result = {s: {"calibration": cal.split_calibration(summary, s)} for s in ("valid", "test")}
+    lines = "\n".join(cal.report_lines({**result, "calibration": entry}))
     assert "## Calibration" in lines and "ECE before" in lines and "| test |" in lines
+    # on other data: the temperature undone gives the unscaled model's calibration back
+    after, top = cal.external_calibration(probs["test"], ys["test"], CLASSES3, False, entry)
+    assert after["ece"] == pytest.approx(test["after"]["ece"]) and after["before"]["ece"] == pytest.approx(test["before"]["ece"])
+    assert top["temperature"] == summary["temperature"] and "training data" in top["fitted_on"]
     # off, or nothing to fit on: probabilities untouched, and the report says why
     probs_off, off = cal.calibrate_splits(logits, ys, CLASSES3, False, calibrate=False)
     np.testing.assert_allclose(probs_off["test"], cal.activation(logits["test"], False))

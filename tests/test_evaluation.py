@@ -185,18 +185,21 @@ def test_run_folder_gets_metrics_figures_and_report(table3, tmp_path):
     config = {"arch": "resnet18", "task": "3class", "lr": 1e-3}
     result = ev.evaluate_run(tiny_learner(table3), table3, run, config=config, n_boot=200, n_gradcam=2)
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved == result and set(result) == {"valid", "test", "thresholds"} and result["thresholds"] == {}
+    assert saved == result and set(result) == {"valid", "test", "thresholds", "calibration"} and result["thresholds"] == {}
+    assert result["calibration"]["method"] == "temperature scaling" and result["calibration"]["temperature"] > 0
     for split in ("valid", "test"):
         m = result[split]
+        assert m["calibration"]["before"]["ece"] is not None and len(m["calibration"]["bins"]) == 15
         assert m["n"] == int((table3["split"] == split).sum())
         assert all(len(m["ci"][k]) == 2 for k in mt.HEADLINE) and "patient-level" in m["ci"]["method"]
         assert np.array(m["confusion_matrix"]["counts"]).sum() == m["n"]
     pngs = ["curves.png", "confusion_valid.png", "confusion_test.png", "roc_valid.png", "roc_test.png",
-            "gallery_valid.png", "gallery_test.png", "gradcam_test.png"]
+            "gallery_valid.png", "gallery_test.png", "gradcam_test.png", "reliability_valid.png", "reliability_test.png"]
     for name in pngs: assert_png(run / name)
     report = (run / "report.md").read_text()
     assert "Synthetic data" in report and "by patient, stratified" in report and "No patient or near-duplicate" in report
     assert "| Normal |" in report and "| lr | 0.001 |" in report and "patient-level" in report
+    assert "## Calibration" in report and "ECE before" in report
     assert all(f"]({name})" in report for name in pngs) and "could not be drawn" not in report
     assert not list(run.glob(".*.tmp"))
 
