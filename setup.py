@@ -25,7 +25,12 @@ setup(
                     "serve": ["starlette>=0.37", "uvicorn>=0.29", "markdown>=3.4"],  # `python -m cxr_fast serve`
                     "dev": ["pytest>=7", *WEIGHTS, "torchxrayvision>=1.2", "scikit-image>=0.21", "onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1",
                             "starlette>=0.37", "uvicorn>=0.29", "markdown>=3.4",  # the serve extra, for its tests
-                            "selenium>=4.10", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.25"],
+                            "selenium>=4.10", "nbclient>=0.8", "nbformat>=5.9", "ipykernel>=6.25",
+                            "optuna>=3.6", "pyyaml>=6", "tensorboard>=2.12", "mlflow>=2.10", "wandb>=0.16",
+                            "accelerate>=0.26"],  # the tune, track and distributed extras, for their tests
+                    "tune": ["optuna>=3.6", "pyyaml>=6"],  # `python -m cxr_fast tune` (YAML search-space files)
+                    "track": ["tensorboard>=2.12", "mlflow>=2.10", "wandb>=0.16"],  # --tracker
+                    "distributed": ["accelerate>=0.26"],  # accelerate launch / --distributed
                     "onnx": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"]},  # export, predict --engine onnx
     entry_points={"console_scripts": ["cxr-fast=cxr_fast.cli:main"]},
 )

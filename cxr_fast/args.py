@@ -49,6 +49,17 @@ def as_list(value, name=None, item=str):
         raise CxrError(f"--{name} must be a comma-separated list of {item.__name__}, got {value!r}") from None
 
 
+def to_argv(options):
+    "Options as command-line words: --name value (lists comma-joined, booleans true/false, None left out)."
+    argv = []
+    for key, value in options.items():
+        if value is None: continue
+        if isinstance(value, bool): value = str(value).lower()
+        elif isinstance(value, (list, tuple)): value = ",".join(map(str, value))
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
+
+
 def as_choice(value, choices, name):
     "One of `choices` (case-sensitive), with the valid ones listed on error."
     value = str(value)

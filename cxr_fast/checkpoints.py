@@ -11,12 +11,13 @@ from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastcore.foundation import L
 
+from .distributed import plain_dl, unwrap
 from .errors import CxrError
 from .jsonio import jsonable
 from .table import write_atomic
 
-RESUME_FREE = ("resume", "overwrite")  # config keys a resumed run may change
-DERIVED = ("lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights")  # not compared on resume
+RESUME_FREE = ("resume", "overwrite", "tracker", "tracker_dir", "sync_bn")  # config keys a resumed run may change
+DERIVED = ("processes", "lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights")  # not compared on resume
 
 
 def epoch_was_run(learn):
@@ -127,8 +128,8 @@ def tensor_data(t):
 
 
 def model_state(model):
-    "A model's state dict as plain CPU tensors."
-    return {k: tensor_data(v) for k, v in model.state_dict().items()}
+    "A model's state dict as plain CPU tensors (the module inside DistributedDataParallel: the same keys)."
+    return {k: tensor_data(v) for k, v in unwrap(model).state_dict().items()}
 
 
 def rng_state(learn):
@@ -137,7 +138,7 @@ def rng_state(learn):
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "dl_train": learn.dls.train.rng.getstate(), "dl_valid": learn.dls.valid.rng.getstate()}
+            "dl_train": plain_dl(learn.dls.train).rng.getstate(), "dl_valid": plain_dl(learn.dls.valid).rng.getstate()}
 
 
 def set_rng_state(learn, state):
@@ -148,7 +149,7 @@ def set_rng_state(learn, state):
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    for dl, key in ((learn.dls.train, "dl_train"), (learn.dls.valid, "dl_valid")):
+    for dl, key in ((plain_dl(learn.dls.train), "dl_train"), (plain_dl(learn.dls.valid), "dl_valid")):
         version, keys, gauss = state[key]
         dl.rng.setstate((version, tuple(keys), gauss))
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "evaluate": ("cxr_fast.evaluation", "evaluate_command", "evaluate a trained model on a labelled dataset"),
     "predict": ("cxr_fast.inference", "predict_command", "predict images, folders, globs or a CSV of paths"),
     "recipe": ("cxr_fast.recipes", "recipe_command", "run a named experiment recipe (--list lists them)"),
+    "tune": ("cxr_fast.tune", "tune_command", "Optuna sweep over train or a recipe: a run folder per trial, shared study"),
     "compare": ("cxr_fast.evaluation", "compare_command", "a markdown table of several runs' configurations and metrics"),
     "serve": ("cxr_fast.serve", "serve_command", "a local web page: upload an X-ray, see probabilities, Grad-CAM, model card"),
 }

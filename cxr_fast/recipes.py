@@ -138,13 +138,14 @@ def run_recipe(name, **kwargs):
     bound.apply_defaults()
     results = fn(**args)
     out = bound.arguments.get("out")
-    if out:
+    from .distributed import is_main
+    if out and is_main():
         record = {"recipe": recipe.name, "args": bound.arguments, "results": results}
         write_atomic(Path(out) / "recipe.json", lambda p: p.write_text(json.dumps(record, indent=1, default=str)))
     return results
 
 
-def recipe_command(name=None, list=False, data=None, out=None, quick=False, **overrides):
+def recipe_command(name=None, list=False, data=None, out=None, quick=False, tracker=None, tracker_dir=None, **overrides):
     """Run a named experiment recipe (recipes/NAME.py), or list them.
 
     python -m cxr_fast recipe --list
@@ -156,6 +157,7 @@ def recipe_command(name=None, list=False, data=None, out=None, quick=False, **ov
       data: the dataset folder (default: the recipe's, under data/)
       out: the output folder (default: the recipe's, runs/NAME)
       quick: smoke mode: tiny images, 1 epoch per stage, a few dozen rows, no ImageNet weights
+      tracker, tracker_dir: --tracker csv|tensorboard|mlflow|wandb for every run of the recipe (tracking.py)
       overrides: any parameter of the recipe, e.g. --epochs 3 --lr 1e-4 --pretrained false
     """
     if as_bool(list, "list") or name is None:
@@ -167,8 +169,11 @@ def recipe_command(name=None, list=False, data=None, out=None, quick=False, **ov
         return 0
     given = {**overrides, **{k: v for k, v in (("data", data), ("out", out)) if v is not None}}
     if as_bool(quick, "quick"): given["quick"] = True
-    results = run_recipe(recipe.name, **given)
-    print(json.dumps(results, indent=1, default=str))
+    from .distributed import is_main
+    from .tracking import tracking_context
+    with tracking_context(tracker=tracker, tracker_dir=tracker_dir):
+        results = run_recipe(recipe.name, **given)
+    if is_main(): print(json.dumps(results, indent=1, default=str))
     return 0
 
 
@@ -232,7 +237,9 @@ def headline(result):
 
 def compare_runs(out, results):
     "evaluation.compare over the runs of `results` -> OUT/comparison.md; returns the file's path as str."
+    from .distributed import is_main
     from .evaluation import compare  # lazy (torch, fastai)
     path = Path(out) / "comparison.md"
+    if not is_main(): return str(path)  # the main process writes it, from the run folders it wrote
     compare(*[r["run_dir"] for r in results.values()], out=path)
     return str(path)

@@ -24,8 +24,9 @@ from fastai.torch_core import TensorMultiCategory, set_seed
 from fastai.vision.all import imagenet_stats
 from fastcore.meta import delegates
 
+from . import distributed, tracking
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
-from .args import as_bool, as_choice, as_float, as_int, as_list
+from .args import as_bool, as_choice, as_float, as_int, as_list, to_argv
 from .blocks import AUG_PRESETS, get_dls
 from .card import data_facts
 from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last, next_position,
@@ -133,7 +134,9 @@ def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
     "Fit every stage of the plan from where `ckpt` left off (checkpoints/best.pth kept when config['save_best'])."
     suggestion = config.get("lr_suggestion")
     history = list(ckpt["history"]) if ckpt else []
-    best = BestModel(config["monitor"], Path(run_dir) / "checkpoints" / "best.pth") if config["save_best"] else None
+    main = distributed.is_main()  # only the main process of a distributed run writes checkpoints and history
+    best_file = Path(run_dir) / "checkpoints" / "best.pth"
+    best = BestModel(config["monitor"], best_file) if config["save_best"] and main else None
     if best is not None and ckpt is not None and ckpt["best"] is not None: best.best = ckpt["best"]
     first_stage, first_epoch = next_position(ckpt)
     for i, stage in enumerate(plan):
@@ -144,7 +147,8 @@ def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
                  if config["patience"] else None)
         checkpoint = RunCheckpoint(run_dir, i, stage, history, best, early)
         recorder = [ResumeRecorder(ckpt["smooth_loss"])] if mid_stage else []
-        stage_cbs = [c for c in (best, early) if c is not None] + list(cbs or []) + [checkpoint] + recorder
+        checkpoints = [checkpoint] if main else []
+        stage_cbs = [c for c in (best, early) if c is not None] + list(cbs or []) + checkpoints + recorder
         fit_stage(learn, stage, suggestion, stage_cbs, start_epoch=first_epoch if mid_stage else 0,
                   before_fit=resume_hook(learn, ckpt, mid_stage) if resumed else None)
     if ckpt is not None and first_stage >= len(plan): learn.model.load_state_dict(ckpt["model"])
@@ -317,8 +321,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
           calibrate=True, target_sensitivity=0.95,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
           train_bn=True, mixed_precision=True, bf16=False, cache=False, export_pkl=False, resume=False,
-          overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn", cbs=None,
-          **source_options):
+          overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn", tracker=None,
+          tracker_dir=None, sync_bn=False, cbs=None, **source_options):
     """Train `arch` on a dataset (SOURCE ROOT --task, or a ready `table`), evaluate it, write RUN_DIR `out`.
 
     Returns evaluation.evaluate_run's dict ({"valid": {...}, "test": {...}, "thresholds": {...}}) plus "run_dir".
@@ -354,6 +358,9 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
         predict, evaluate and serve apply it
       target_sensitivity: binary tasks: the decision threshold is the operating point chosen on valid for this
         sensitivity (saved in model.json, reported with its specificity on test); none: 0.5
+      tracker: csv, tensorboard, mlflow and/or wandb (comma-separated; tracking.py); tracker_dir: their folder
+        (default: the run folder's parent)
+      sync_bn: synchronise BatchNorm across processes when launched as several (CUDA; distributed.py)
       cbs: extra fastai callbacks for every stage
     """
     given = {k: v for k, v in locals().items() if k not in ("table", "cbs", "source_options", "out")}
@@ -364,10 +371,14 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
     options = {k.replace("-", "_"): v for k, v in source_options.items()}
     given["source_options"] = typed_source_options(given["source"], options)  # coerced once, by the loader's defaults
     config = resolve_config(given)
+    config["tracker"] = tracking.parse_trackers(tracker) if tracker is not None else tracking.context_tracker()
+    config["sync_bn"], config["processes"] = as_bool(sync_bn, "sync-bn"), distributed.setup()
     if config["pretrained"]: ensure_pretrained_available(config["arch"])
     run_dir = Path(out or f"runs/{config['arch']}-{config['task'] or 'table'}").expanduser()
     saved = prepare_run_dir(run_dir, config)
-    table = get_table(config, table, config["source_options"])
+    distributed.barrier()  # every process has checked the run folder before the main one writes to it
+    with distributed.main_process_first():  # the main process builds the table (and fills caches) first
+        table = get_table(config, table, config["source_options"])
     metric_ok = metric_names(is_multilabel(table))
     as_choice(config["monitor"], metric_ok, "monitor")
     config["table_sha1"] = table_sha1(table)
@@ -375,22 +386,30 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
         raise CxrError(f"cannot resume {run_dir}: the data (paths, splits or labels) differ from the run's table.csv")
     config["class_weight_values"] = class_weight_values(table, config["class_weights"])
     config["cxr_fast_version"] = __version__
-    write_table(table, run_dir / "table.csv")
+    if distributed.is_main(): write_table(table, run_dir / "table.csv")
     learn = build_learner(config, table, run_dir)
     check_plan(learn, config["plan"])
-    config["lr_suggestion"] = find_lr(learn, config, saved)
+    config["lr_suggestion"] = distributed.broadcast_object(find_lr(learn, config, saved))
     config["start_weights"] = learn.start_weights
     print(f"starting weights: {describe_provenance(learn.start_weights)}")
-    write_config(config, run_dir)
+    if distributed.is_main(): write_config(config, run_dir)
     device = getattr(learn.dls, "device", None) or "cpu"
     ckpt = load_last(run_dir / "checkpoints" / "last.pth", device) if config["resume"] else None
     if ckpt is not None: print(f"resuming {run_dir} after stage {ckpt['stage'] + 1}, epoch {ckpt['epoch'] + 1}")
+    hooks = tracking.run_hooks(run_dir, config["tracker"], config["tracker_dir"])  # none in non-main processes
+    cbs = [*distributed.trainer_callbacks(config["sync_bn"]), *(cbs or []), *tracking.hook_callbacks(hooks)]
     try:
         run_plan(learn, config["plan"], run_dir, config, ckpt, cbs)
-    except KeyboardInterrupt:
-        print(f"interrupted: continue with --resume true (from {run_dir / 'checkpoints' / 'last.pth'})")
+        if not distributed.is_main(): return {"run_dir": str(run_dir), "rank": distributed.rank()}
+        with distributed.main_process_alone():  # the other processes have ended: evaluation gathers nothing
+            results = finish_run(learn, table, run_dir, config)
+    except BaseException as e:
+        tracking.close_hooks(hooks, e)
+        if isinstance(e, KeyboardInterrupt):
+            print(f"interrupted: continue with --resume true (from {run_dir / 'checkpoints' / 'last.pth'})")
         raise
-    return finish_run(learn, table, run_dir, config)
+    tracking.finish_hooks(hooks, results)
+    return results
 
 
 def finish_run(learn, table, run_dir, config):
@@ -430,7 +449,9 @@ def train_command(source, root, task=None, out=None, **options):
     --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
     --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --mixed-precision,
     --bf16, --cache, --export-pkl, --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
-    --dedup, and the source's own options (e.g. --balance for coronahack).
+    --dedup, and the source's own options (e.g. --balance for coronahack);
+    --tracker csv|tensorboard|mlflow|wandb (comma-separated for several), --tracker-dir DIR;
+    --distributed N: data-parallel over N processes (accelerate launch; GPUs, or CPU processes with gloo), --sync-bn.
     """
     options = {k.replace("-", "_"): v for k, v in options.items()}
     if "help" in options:  # `train SOURCE ROOT --help`: Fire hands --help to **options
@@ -439,6 +460,10 @@ def train_command(source, root, task=None, out=None, **options):
     if out is None or str(out).strip() == "": raise CxrError("--out RUN_DIR is required")
     if "table" in options or "cbs" in options:
         raise CxrError("--table/--cbs are Python-only; give source 'table' and the CSV as ROOT")
+    processes = distributed.num_processes_option(options.pop("distributed", None))
+    if processes > 1 and not distributed.is_distributed():  # --distributed N: this command under accelerate launch
+        argv = ["train", str(source), str(root), *(["--task", str(task)] if task is not None else []), "--out", str(out)]
+        return distributed.relaunch(argv + to_argv(options), processes)
     results = train(source, root, task, out=out, **options)
-    print(format_summary(results))
+    if distributed.is_main(): print(format_summary(results))
     return 0
