@@ -115,3 +115,98 @@ def test_bytes_that_do_not_parse_as_dicom_are_still_refused(tmp_path):
     text = tmp_path / "notes"
     text.write_text("no image here")
     assert not is_dicom_file(text)
+
+
+# ---- where the warnings show: predict's CSV, the table step ---------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    "An untrained resnet18 model dir (32 px, binary): enough to predict with."
+    from cxr_fast.models import build_model, default_head
+    from cxr_fast.modelio import save_model_dir
+    meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Normal", "Pneumonia"],
+            "task": "binary", "multilabel": False, "loss": "ce", "img_size": 32, "resize_method": "squish",
+            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "thresholds": {"positive": 0.5}, "data": {"source": "phantom"}, "metrics": {}}
+    return save_model_dir(build_model("resnet18", 2).eval(), tmp_path_factory.mktemp("m") / "model", meta)
+
+
+def test_predict_warns_in_a_column_and_still_predicts(model_dir, tmp_path, capsys):
+    from cxr_fast.cli import main
+    inputs = tmp_path / "in"
+    good = save_gray(inputs / "chest.png")
+    ct = write_dicom(inputs / "ct.dcm", XRAY, Modality="CT")
+    lateral = write_dicom(inputs / "lat.dcm", XRAY, Modality="DX", ViewPosition="LL")
+    Image.fromarray(np.full((64, 64), 90, np.uint8), "L").save(inputs / "blank.png")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(model_dir), str(inputs), "--out", str(out)]) == 0  # warnings are not errors
+    err = capsys.readouterr().err
+    assert "3 of 4 image(s) do not look like frontal chest X-rays" in err and "MODEL_CARD.md" in err
+    import pandas as pd
+    df = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert list(df.columns)[-2:] == ["error", "warning"]
+    assert df.loc[str(good), "warning"] == ""
+    assert "Modality CT" in df.loc[str(ct), "warning"] and "lateral" in df.loc[str(lateral), "warning"]
+    assert "almost constant" in df.loc[str(inputs / "blank.png"), "warning"]
+    assert (df["pred"] != "").all() and (df["error"] == "").all()  # every file predicted
+
+
+def test_table_step_counts_input_warnings(tmp_path, capsys):
+    from cxr_fast.data import print_table_report
+    from cxr_fast.table import build_table
+    root = tmp_path / "data"
+    for cls in ("Normal", "Pneumonia"):
+        for i in range(4): save_gray(root / cls / f"{cls}{i}.png", seed=i, bright_spot=cls == "Pneumonia")
+    write_dicom(root / "Normal" / "mr.dcm", XRAY, Modality="MR")
+    Image.fromarray(xray_like(200)[:40], "L").save(root / "Pneumonia" / "strip.png")
+    table = build_table("folders", root, "folders", valid_pct=0.25, dedup="off")
+    assert len(table) == 10  # flagged images are kept
+    flagged = [p for p in table.attrs["problems"] if p["kind"] == "input_warning"]
+    assert sorted(Path(p["path"]).name for p in flagged) == ["mr.dcm", "strip.png"]
+    print_table_report(table)
+    assert "input_warning: 2" in capsys.readouterr().out
+
+
+# ---- clear errors for model dirs whose weights are not what model.json says -----------------------
+
+def test_model_json_and_model_pth_that_disagree_say_so_in_one_line(model_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from cxr_fast.cli import main
+    from cxr_fast.models import build_model
+    image = save_gray(tmp_path / "x.png")
+    for name, other in (("head", build_model("resnet18", 3)), ("arch", build_model("resnet34", 2))):
+        bad = tmp_path / name
+        shutil.copytree(model_dir, bad)
+        torch.save(other.state_dict(), bad / "model.pth")
+        assert main(["predict", str(bad), str(image)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "model.json and model.pth disagree" in err and "resnet18" in err, err
+        assert "size mismatch" not in err and "Missing key" not in err
+
+
+class Payload:
+    "What a malicious model.pth could hold: an object whose unpickling calls a function."
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_model_pth_holding_code_is_refused_without_relaying_torch(model_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from cxr_fast.cli import main
+    from cxr_fast.models import build_model
+    image = save_gray(tmp_path / "x.png")
+    for name, payload in (("object", {"weight": Payload()}), ("module", build_model("resnet18", 2))):
+        bad = tmp_path / name
+        shutil.copytree(model_dir, bad)
+        torch.save(payload, bad / "model.pth")
+        assert main(["predict", str(bad), str(image)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert "\n" not in err and "contains pickled code" in err and "will not load it" in err, err
+        assert "weights_only" not in err and "this ran while loading" not in captured.out + captured.err
