@@ -301,7 +301,8 @@ class OptunaPruning(Callback):
     def after_epoch(self):
         from .tracking import epoch_log, epoch_ran
         if not epoch_ran(self.learn): return
-        value = epoch_log(self.learn).get(self.monitor)
+        values = epoch_log(self.learn)
+        value = values.get(self.monitor, values.get(f"{self.monitor}_multi"))  # accuracy: accuracy_multi when multi-label
         if value is None:
             raise CxrError(f"pruning: the recorder has no {self.monitor!r}; it has "
                            f"{', '.join(n for n in self.learn.recorder.metric_names if n not in ('epoch', 'time'))}")
@@ -575,7 +576,8 @@ def tune_command(target=None, *args, space=None, trials=10, timeout=None, metric
     if "help" in fixed or target is None:
         print(inspect.cleandoc(__doc__) + "\n\n" + inspect.cleandoc(tune_command.__doc__))
         return 0
-    target = as_choice(target, ("train", "recipe"), "tune TARGET (train or recipe)")
+    if target not in ("train", "recipe"):
+        raise CxrError(f"tune what? `tune train SOURCE ROOT ...` or `tune recipe NAME ...`, not {target!r}")
     if target == "train":
         if len(args) > 3: raise CxrError(f"tune train takes SOURCE ROOT [TASK], got {' '.join(map(str, args))}")
         positional = dict(zip(("source", "root", "task"), args))

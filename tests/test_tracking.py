@@ -157,6 +157,14 @@ def test_context_tracker_reaches_train_and_a_failed_run_is_closed(table, tmp_pat
             train(table=table, out=tmp_path / "broken", epochs=2, cbs=[Boom()], **TINY)
     assert len(pd.read_csv(tmp_path / "broken" / "epochs.csv")) == 1
     client = MlflowClient(tracking_uri=(tmp_path / "store" / "mlruns").resolve().as_uri())
-    (run,) = client.search_runs([client.get_experiment_by_name("ctx").experiment_id])
+    experiment = client.get_experiment_by_name("ctx").experiment_id
+    (run,) = client.search_runs([experiment])
     assert run.info.status == "FAILED"
     assert tracking.context_tracker() is None  # the block's trackers end with it
+    # --resume continues the same MLflow run (and epochs.csv), the step count after the epoch it had
+    train(table=table, out=tmp_path / "broken", epochs=2, resume=True, tracker="csv,mlflow",
+          tracker_dir=tmp_path / "store", **TINY)
+    (run,) = client.search_runs([experiment])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0, 1]
+    assert len(pd.read_csv(tmp_path / "broken" / "epochs.csv")) == 2

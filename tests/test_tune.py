@@ -142,7 +142,7 @@ def worker(root, storage, out, trials):
     return subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("journal", marks=pytest.mark.slow)])
 def test_two_workers_share_one_study(phantom_root, tmp_path, kind):
     "Two processes on one study: each runs its 2 trials, 4 distinct trials in all, none lost, none run twice."
     out = tmp_path / "shared-out"
