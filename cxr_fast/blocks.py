@@ -72,9 +72,11 @@ def aug_tfms(preset, size):
 def default_num_workers(cached=False):
     """Decoding workers: one per spare core for full decoding; none when images come from the cache
     (`make bench`: the cached data path ran at 389 img/s, augmentation included; on a 2-core machine a
-    worker process only competes with the model's threads: 18.6 vs 14.7 img/s training fp32)."""
+    worker process only competes with the model's threads: 18.6 vs 14.7 img/s training fp32). Cores are
+    the ones this process may use (machine.usable_cores: affinity and cgroup quota), not the host's."""
     if cached: return 0
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    from .machine import usable_cores
+    return max(0, min(4, usable_cores() - 1))
 
 
 def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None, preprocessing="none"):

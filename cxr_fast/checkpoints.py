@@ -14,10 +14,12 @@ from fastcore.foundation import L
 from .distributed import plain_dl, unwrap
 from .errors import CxrError
 from .jsonio import jsonable
+from .precision import scaler_state, set_scaler_state
 from .table import write_atomic
 
 RESUME_FREE = ("resume", "overwrite", "tracker", "tracker_dir", "sync_bn")  # config keys a resumed run may change
-DERIVED = ("processes", "lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights")  # not compared on resume
+DERIVED = ("processes", "lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights",
+           "precision_used")  # not compared on resume
 
 
 def epoch_was_run(learn):
@@ -162,7 +164,8 @@ def save_last(learn, path, stage_idx, epoch, done, history, best=None, early=Non
              "pct_train": float(learn.pct_train), "rng": rng_state(learn), "history": history,
              "smooth_loss": {"val": plain(smooth.val), "count": int(smooth.count)},
              "best": None if best is None else float(best.best),
-             "early": None if early is None else {"best": float(early.best), "wait": int(early.wait)}}
+             "early": None if early is None else {"best": float(early.best), "wait": int(early.wait)},
+             "scaler": scaler_state(learn)}  # fp16's GradScaler (scale, growth tracker), None otherwise
     write_atomic(path, lambda p: torch.save(state, p))
 
 
@@ -200,6 +203,7 @@ def resume_hook(learn, ckpt, mid_stage):
         if mid_stage: restore_training(learn, ckpt)
         else: learn.model.load_state_dict(ckpt["model"])
         set_rng_state(learn, ckpt["rng"])
+        set_scaler_state(learn, ckpt.get("scaler"))  # the fit's GradScaler starts at the saved scale
     return restore
 
 

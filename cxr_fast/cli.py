@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("cxr_fast.training", "train_command", "train a model on a dataset and write a run folder"),
     "evaluate": ("cxr_fast.evaluation", "evaluate_command", "evaluate a trained model on a labelled dataset"),
     "predict": ("cxr_fast.inference", "predict_command", "predict images, folders, globs or a CSV of paths"),
+    "export": ("cxr_fast.export", "export_command", "export a model dir to ONNX (model.onnx; --int8) for predict --engine onnx"),
     "recipe": ("cxr_fast.recipes", "recipe_command", "run a named experiment recipe (--list lists them)"),
     "tune": ("cxr_fast.tune", "tune_command", "Optuna sweep over train or a recipe: a run folder per trial, shared study"),
     "compare": ("cxr_fast.evaluation", "compare_command", "a markdown table of several runs' configurations and metrics"),

@@ -13,9 +13,12 @@ channels, /255, and the model's `normalize` statistics. The resize is done on th
 Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing) that stays
 `prefetch` batches ahead of the model, so decoding overlaps the forward pass; threads rather than
 DataLoader worker processes, so it works the same in notebooks and on any OS, with no pickling.
-The forward pass runs under `torch.inference_mode()`; `bf16=True` adds bfloat16 autocast (fast on CPUs
-with AVX-512 BF16 / AMX) and `channels_last=True` the NHWC memory layout: probabilities stay within
+The forward pass runs under `torch.inference_mode()` at `precision` (precision.py: `auto` takes bfloat16
+autocast on a CPU with native bf16 (AVX-512 BF16 / AMX), fp16 on CUDA, fp32 otherwise; `fp32` for exact
+fp32 probabilities) with the NHWC memory layout (channels-last); bf16 probabilities stay within
 BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py; the argmax changes only on near-ties).
+`engine="onnx"` runs the model.onnx (or with `int8`, model.int8.onnx) that export.py wrote, with
+onnxruntime (engines.py): the same preprocessing, decisions and output.
 
 TTA (`tta=True`) averages the probabilities of the plain image and 5 mild views made from the model-size
 input: a 1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner (see TTA_VIEWS).
@@ -33,7 +36,6 @@ import sys
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,10 @@ from .errors import CxrError, DataError, ModelFormatError
 from .images import IMAGE_SUFFIXES, is_dicom_file, load_image, preprocess
 from .gradcam import gradcam, overlay
 from .guards import safe_input_warnings
+from .machine import set_threads
 from .modelio import PICKLE_NAME, card_path, load_model_module, locate_model_dir
+from .precision import autocast as precision_autocast
+from .precision import resolve_precision
 from .resize import RESIZE_METHODS, resizer
 from .table import positive_index, write_atomic
 
@@ -182,7 +187,10 @@ def meta_from_learner(learn):
 class Predictor:
     "A loaded model plus its preprocessing: `.predict(paths) -> DataFrame` (see the module docstring)."
 
-    def __init__(self, model, meta, device=None, bf16=False, channels_last=False, source=None):
+    def __init__(self, model, meta, device=None, precision=None, channels_last=None, source=None, bf16=None):
+        """precision: auto/fp32/bf16/fp16 or a precision.Precision (auto: bf16 on a CPU with native bf16, fp16 on
+        CUDA, else fp32; channels-last with it unless `channels_last` says otherwise); None: auto, or what
+        precision.default_precision set; bf16: deprecated alias."""
         self.device = _default_device(device)
         self.meta, self.source = meta, source
         self.classes = [str(c) for c in meta["classes"]]
@@ -194,17 +202,26 @@ class Predictor:
         norm = meta["normalize"]
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.bf16, self.channels_last = bool(bf16), bool(channels_last)
+        self.precision = (precision if hasattr(precision, "channels_last") else
+                          resolve_precision(precision, bf16=bf16, device=self.device, purpose="predict"))
+        self.channels_last = self.precision.channels_last if channels_last is None else bool(channels_last)
+        self.bf16 = self.precision.name == "bf16"
         self.temperature = temperature_tensor(meta, self.classes, self.device)  # None: probabilities as they come
         self.model = model.to(self.device).eval()
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_dir(cls, model_dir, device=None, unsafe_pickle=False, **kwargs):
+    def from_dir(cls, model_dir, device=None, unsafe_pickle=False, engine="torch", int8=False, **kwargs):
         """Load a model dir (or a run dir holding model/). Weights load with weights_only=True; a dir with
-        only fastai's export.pkl loads only with `unsafe_pickle=True` (unpickling runs code from the file)."""
-        folder, kind = locate_model_dir(model_dir)
+        only fastai's export.pkl loads only with `unsafe_pickle=True` (unpickling runs code from the file).
+
+        engine: torch, or onnx (onnxruntime on the model.onnx `cxr_fast export` wrote; `int8`: model.int8.onnx)."""
         device = _default_device(device)
+        if engine == "onnx": return cls.from_onnx(model_dir, device, int8, **kwargs)
+        if engine != "torch": raise CxrError(f"unknown engine {engine!r}; choose one of: torch, onnx")
+        if int8: raise CxrError("--int8 runs on the onnx engine: export with `python -m cxr_fast export MODEL_DIR --int8 "
+                                "--calibrate IMAGES`, then predict --engine onnx --int8")
+        folder, kind = locate_model_dir(model_dir)
         if kind == "safe":
             model, meta = load_model_module(folder, device="cpu")  # map_location cpu: GPU-trained models load anywhere
             return cls(model, meta, device=device, source=str(folder), **kwargs)
@@ -219,6 +236,21 @@ class Predictor:
             warnings.simplefilter("ignore")
             learn = load_learner(folder / PICKLE_NAME, cpu=True)
         return cls(learn.model, meta_from_learner(learn), device=device, source=str(folder / PICKLE_NAME), **kwargs)
+
+    @classmethod
+    def from_onnx(cls, model_dir, device=None, int8=False, precision=None, channels_last=None, bf16=None, **kwargs):
+        "A Predictor running the model dir's exported ONNX file with onnxruntime (engines.py); fp32 inputs, NCHW."
+        from dataclasses import replace
+
+        from .engines import load_onnx
+        name = "auto" if precision is None else getattr(precision, "requested", precision)
+        if bf16 or str(name).strip().lower() not in ("auto", "fp32"):
+            raise CxrError(f"the onnx engine takes fp32 inputs (and runs int8 with --int8); drop --precision {name}")
+        module, meta = load_onnx(model_dir, int8=int8, device=device)
+        p = resolve_precision("fp32", device="cpu", purpose="predict")
+        p = replace(p, requested=str(name), channels_last=False,
+                    reason=f"onnxruntime {'int8 (static QDQ)' if int8 else 'fp32'}, graph optimisations on")
+        return cls(module, meta, device="cpu", precision=p, channels_last=False, source=str(module.path), **kwargs)
 
     # -- preprocessing
     def load(self, path):
@@ -275,8 +307,7 @@ class Predictor:
 
     def forward_proba(self, x, tta=False):
         "Probabilities (N, C) for a normalised batch; with `tta`, averaged over TTA_VIEWS."
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), precision_autocast(self.precision):
             views = tta_views(x) if tta else [x]
             if self.channels_last: views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             return torch.stack([self.activation(self.model(v)) for v in views]).mean(0).float().cpu()
@@ -314,6 +345,7 @@ class Predictor:
     def write_gradcams(self, x_u8, names, folder):
         "Grad-CAM overlays (PNG) of a uint8 batch, for the predicted class, named `names` in `folder`."
         folder = Path(folder)
+        if not isinstance(self.model, torch.nn.Module): raise CxrError("--gradcam needs the torch engine (--engine torch)")
         with torch.enable_grad():
             heat = gradcam(self.model, self.to_input(x_u8))
         for name, img, h in zip(names, x_u8, heat):
@@ -374,7 +406,8 @@ class Predictor:
         for j, c in enumerate(self.classes): df[f"p_{c}"] = probs[:, j]
         df["error"] = errors
         df["warning"] = found
-        df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source, tta=bool(tta))
+        df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source, tta=bool(tta),
+                        precision=self.precision.as_dict(), engine=self.meta.get("engine", "torch"))
         return df
 
     def submission(self, df, threshold=None):
@@ -398,7 +431,7 @@ def temperature_tensor(meta, classes, device):
 
 
 def load_model(model_dir, device=None, unsafe_pickle=False, **options):
-    "A `Predictor` for a model dir (or run dir): `.predict(paths) -> DataFrame`; options: bf16, channels_last."
+    "A `Predictor` for a model dir (or run dir): `.predict(paths) -> DataFrame`; options: precision, engine, int8, channels_last."
     return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle, **options)
 
 
@@ -416,12 +449,16 @@ def _unique_stems(paths):
 # ---- the public function and the command --------------------------------------------------
 
 def predict(model_dir, inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32, submission=None,
-            unsafe_pickle=False, bf16=False, channels_last=False, device=None, workers=None):
+            unsafe_pickle=False, precision=None, engine="torch", int8=False, channels_last=None, device=None,
+            workers=None, bf16=None):
     """Predict images, folders (recursive), globs or CSVs of paths with a model dir (or a loaded Predictor).
 
-    Returns the DataFrame (path, pred, p_<class>..., error); `out` and `submission` also write CSVs."""
+    Returns the DataFrame (path, pred, p_<class>..., error); `out` and `submission` also write CSVs.
+    precision: auto/fp32/bf16/fp16 (precision.py; bf16: deprecated alias); engine: torch or onnx (`int8`)."""
+    set_threads()  # torch threads capped at this machine's usable cores
     predictor = model_dir if isinstance(model_dir, Predictor) else Predictor.from_dir(
-        model_dir, device=device, unsafe_pickle=unsafe_pickle, bf16=bf16, channels_last=channels_last)
+        model_dir, device=device, unsafe_pickle=unsafe_pickle, precision=precision, engine=engine, int8=int8,
+        channels_last=channels_last, bf16=bf16)
     df = predictor.predict(inputs, batch_size=batch_size, tta=tta, threshold=threshold, workers=workers, gradcam=gradcam)
     if out is not None: write_atomic(out, lambda p: df.to_csv(p, index=False))
     if submission is not None:
@@ -452,20 +489,27 @@ def format_predictions(df):
 
 
 def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32,
-                    submission=None, unsafe_pickle=False, bf16=False, channels_last=False, device=None, workers=None):
+                    submission=None, unsafe_pickle=False, precision="auto", engine="torch", int8=False,
+                    channels_last=None, device=None, workers=None, bf16=None):
     """Predict images, folders (recursive), globs, or a CSV with a `path` column.
 
     Writes path, pred, p_<class>..., error to --out (or prints a table). --tta averages over the plain image
     and 5 mild zoom/shift views (no flips); --threshold T (or 'class=t,...') overrides model.json's
     thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
-    heatmap overlays; --bf16 / --channels-last speed up CPU inference; --unsafe-pickle allows loading a
+    heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
+    fp32; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
+    --engine onnx runs the model.onnx `cxr_fast export` wrote with onnxruntime (--int8: model.int8.onnx,
+    faster, probabilities within a few points of fp32); --unsafe-pickle allows loading a
     fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
     df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=as_bool(tta, "tta"),
                  threshold=parse_threshold(threshold), batch_size=as_int(batch_size, "batch-size", 1),
                  submission=submission, unsafe_pickle=as_bool(unsafe_pickle, "unsafe-pickle"),
-                 bf16=as_bool(bf16, "bf16"), channels_last=as_bool(channels_last, "channels-last"),
-                 device=device, workers=None if workers is None else as_int(workers, "workers", 0))
+                 precision=str(precision), engine=str(engine), int8=as_bool(int8, "int8"),
+                 bf16=None if bf16 is None else as_bool(bf16, "bf16"),
+                 channels_last=None if channels_last is None else as_bool(channels_last, "channels-last"), device=device, workers=None if workers is None else as_int(workers, "workers", 0))
+    prec = df.attrs["precision"]
+    print(f"{df.attrs['engine']} engine, precision {prec['name']} ({prec['reason']})", file=sys.stderr)
     n_bad = int((df["error"] != "").sum())
     if out is None: print(format_predictions(df))
     else: print(f"wrote {len(df)} predictions to {out}")

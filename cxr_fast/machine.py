@@ -72,9 +72,14 @@ def default_threads():
 
 
 def set_threads(threads=None):
-    "Set torch's intra-op thread count (default: `default_threads()`); returns the count in use."
+    """Set torch's intra-op thread count and return it: `threads` when given, OMP_NUM_THREADS when set, else
+    torch's count capped at `usable_cores()` (torch counts the host's cores, not a container's quota or
+    affinity; a count lowered earlier in this process, e.g. by a notebook or a test, is kept)."""
     import torch
-    n = default_threads() if threads is None else max(1, int(threads))
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads is not None: n = max(1, int(threads))
+    elif env.isdigit() and int(env) > 0: n = int(env)
+    else: n = min(torch.get_num_threads(), usable_cores())
     if torch.get_num_threads() != n: torch.set_num_threads(n)
     return torch.get_num_threads()
 
@@ -97,7 +102,7 @@ def machine_info(**extra):
     import torch
     flags = cpu_flags()
     info = {"cpu_model": cpu_model(), "cpu_flags_speed": [f for f in SPEED_FLAGS if f in flags],
-            "cpu_flags": sorted(flags), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
+            "cpu_flags": sorted(flags), "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "cores": usable_cores(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),

@@ -145,7 +145,8 @@ def run_recipe(name, **kwargs):
     return results
 
 
-def recipe_command(name=None, list=False, data=None, out=None, quick=False, tracker=None, tracker_dir=None, **overrides):
+def recipe_command(name=None, list=False, data=None, out=None, quick=False, tracker=None, tracker_dir=None,
+                   precision=None, **overrides):
     """Run a named experiment recipe (recipes/NAME.py), or list them.
 
     python -m cxr_fast recipe --list
@@ -158,6 +159,7 @@ def recipe_command(name=None, list=False, data=None, out=None, quick=False, trac
       out: the output folder (default: the recipe's, runs/NAME)
       quick: smoke mode: tiny images, 1 epoch per stage, a few dozen rows, no ImageNet weights
       tracker, tracker_dir: --tracker csv|tensorboard|mlflow|wandb for every run of the recipe (tracking.py)
+      precision: auto (default: chosen by the machine), fp32, bf16 or fp16 for every run of the recipe (precision.py)
       overrides: any parameter of the recipe, e.g. --epochs 3 --lr 1e-4 --pretrained false
     """
     if as_bool(list, "list") or name is None:
@@ -171,7 +173,8 @@ def recipe_command(name=None, list=False, data=None, out=None, quick=False, trac
     if as_bool(quick, "quick"): given["quick"] = True
     from .distributed import is_main
     from .tracking import tracking_context
-    with tracking_context(tracker=tracker, tracker_dir=tracker_dir):
+    from .precision import default_precision, precision_default
+    with tracking_context(tracker=tracker, tracker_dir=tracker_dir), default_precision(precision or precision_default()):
         results = run_recipe(recipe.name, **given)
     if is_main(): print(json.dumps(results, indent=1, default=str))
     return 0

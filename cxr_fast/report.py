@@ -139,6 +139,9 @@ def training_section(config, history_csv):
     if not config or not config.get("plan"): return []
     lines = ["## Starting weights and training stages", "",
              f"Starting weights: {describe_provenance(config.get('start_weights'))}.", ""]
+    used = config.get("precision_used")  # precision.Precision.as_dict(): what ran and why
+    if used: lines += [f"Precision: {used['name']}{', channels-last' if used['channels_last'] else ''} on "
+                       f"{used['device']} (asked: {used['requested']}; {used['reason']}).", ""]
     header = ["stage", "trains", "epochs run", "learning rate", "train loss", "valid loss", "accuracy"]
     return lines + md_table(header, stage_rows(config["plan"], history_csv)) + [
         "", "`head`: body frozen (feature extraction); `all`: everything trains; a `lo:hi` rate is spread across "

@@ -15,11 +15,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.training import BnFreeze, GradientClip
 from fastai.learner import Learner
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
-from fastai.optimizer import SGD, Adam
+from fastai.optimizer import SGD
 from fastai.torch_core import TensorMultiCategory, set_seed
 from fastai.vision.all import imagenet_stats
 from fastcore.meta import delegates
@@ -38,7 +37,9 @@ from .losses import LOSSES, inverse_frequency_weights, make_loss, resolve_loss_n
 from .modelio import save_model_dir
 from .models import build_model, check_arch, default_head, default_size, input_spec, splitter_for
 from .plans import check_plan, default_plan, fit_stage, lr_uses_auto, parse_lr, parse_plan
-from .precision import CpuBF16Autocast
+from .machine import set_threads
+from .optim import FastAdam
+from .precision import PRECISIONS, apply_precision, precision_default, resolve_precision
 from .progress import configure_progress
 from .resize import RESIZE_METHODS
 from .table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table, write_atomic,
@@ -47,8 +48,8 @@ from .version import __version__
 from .weights import describe_provenance, ensure_pretrained_available, init_weights
 
 OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is not given
-    "adamw": (Adam, 0.01),                                # fastai's default: Adam with decoupled weight decay
-    "adam": (partial(Adam, decouple_wd=False), 0.0),     # Adam, weight decay as L2 added to the gradient
+    "adamw": (FastAdam, 0.01),                             # fastai's Adam (decoupled weight decay), fused step
+    "adam": (partial(FastAdam, decouple_wd=False), 0.0),  # Adam, weight decay as L2 added to the gradient
     "sgd": (partial(SGD, mom=0.9), 0.0),                  # SGD with momentum 0.9
 }
 
@@ -161,9 +162,12 @@ def resolve_config(c):
     check_arch(c["arch"])
     c = {**c, "size": default_size(c["arch"]) if c["size"] is None else c["size"]}
     out = {**c}
-    for key in ("pretrained", "lr_find", "oversample", "save_best", "train_bn", "mixed_precision", "bf16",
-                "export_pkl", "resume", "overwrite", "concat_pool"):
+    for key in ("pretrained", "lr_find", "oversample", "save_best", "train_bn", "export_pkl", "resume", "overwrite",
+                "concat_pool"):
         out[key] = as_bool(c[key], key.replace("_", "-"))
+    for key in ("mixed_precision", "bf16"):  # deprecated aliases of --precision (precision.precision_from_aliases)
+        out[key] = None if c[key] is None else as_bool(c[key], key.replace("_", "-"))
+    out["precision"] = as_choice(str(c["precision"] or precision_default()).strip().lower(), PRECISIONS, "precision")
     for key, low in (("epochs", 1), ("freeze_epochs", 0), ("bs", 1), ("size", 16), ("seed", 0)):
         out[key] = as_int(c[key], key.replace("_", "-"), low)
     for key in ("patience", "num_workers"):
@@ -298,11 +302,10 @@ def build_learner(config, table, run_dir, cbs=None):
                         opt_func=opt_func, wd=default_wd if config["wd"] is None else config["wd"],
                         train_bn=config["train_bn"], path=run_dir, model_dir="checkpoints", cbs=cbs)
     if config["clip"]: learn.add_cb(GradientClip(config["clip"]))
-    if config["mixed_precision"] and torch.cuda.is_available():
-        learn.to_fp16()
-        learn.add_cb(ChannelsLast())
-    elif config["bf16"] and not torch.cuda.is_available():
-        learn.add_cb(CpuBF16Autocast())
+    p = resolve_precision(config["precision"], config["bf16"], config["mixed_precision"], device=dls.device or "cpu")
+    apply_precision(learn, p)
+    config["precision_used"] = p.as_dict()  # the choice and why: config.json, report.md
+    print(p.line())
     return learn
 
 
@@ -320,7 +323,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
           calibrate=True, target_sensitivity=0.95,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
-          train_bn=True, mixed_precision=True, bf16=False, cache=False, export_pkl=False, resume=False,
+          train_bn=True, precision=None, mixed_precision=None, bf16=None, cache=False, export_pkl=False, resume=False,
           overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn", tracker=None,
           tracker_dir=None, sync_bn=False, cbs=None, **source_options):
     """Train `arch` on a dataset (SOURCE ROOT --task, or a ready `table`), evaluate it, write RUN_DIR `out`.
@@ -349,7 +352,10 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       subsample_majority: keep this fraction of the majority class's train patients; oversample: weighted sampling
       monitor: valid_loss, accuracy(_multi), f1_score: for best.pth (save_best) and early stopping (patience)
       train_bn: BatchNorm layers of frozen parts keep training (fastai's default)
-      mixed_precision: fp16 + channels-last when CUDA is available; bf16: bfloat16 autocast on CPU
+      precision: auto (bf16 autocast on a CPU with native bf16, fp16 + channels-last on CUDA, else fp32), fp32,
+        bf16 or fp16 (CUDA); None: auto, or what precision.default_precision set (recipe --precision); the
+        choice and why go into config.json, the report and the console (precision.py);
+        mixed_precision (CUDA: fp16 or fp32), bf16 (bf16 or, on a CPU, fp32): deprecated aliases
       cache: reuse decoded, resized images across epochs and runs (true: the default folder, or a folder)
       num_workers: image-decoding processes (default: one per spare core); export_pkl: also write export.pkl
       resume: continue the run in `out` from its last finished epoch; overwrite: start a run in `out` again
@@ -373,6 +379,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
     config = resolve_config(given)
     config["tracker"] = tracking.parse_trackers(tracker) if tracker is not None else tracking.context_tracker()
     config["sync_bn"], config["processes"] = as_bool(sync_bn, "sync-bn"), distributed.setup()
+    set_threads()  # torch threads capped at this machine's usable cores (machine.py)
     if config["pretrained"]: ensure_pretrained_available(config["arch"])
     run_dir = Path(out or f"runs/{config['arch']}-{config['task'] or 'table'}").expanduser()
     saved = prepare_run_dir(run_dir, config)
@@ -447,8 +454,9 @@ def train_command(source, root, task=None, out=None, **options):
     --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
     --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
     --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
-    --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --mixed-precision,
-    --bf16, --cache, --export-pkl, --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
+    --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn,
+    --precision auto|fp32|bf16|fp16 (--bf16, --mixed-precision: deprecated aliases), --cache, --export-pkl,
+    --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
     --dedup, and the source's own options (e.g. --balance for coronahack);
     --tracker csv|tensorboard|mlflow|wandb (comma-separated for several), --tracker-dir DIR;
     --distributed N: data-parallel over N processes (accelerate launch; GPUs, or CPU processes with gloo), --sync-bn.

@@ -55,7 +55,7 @@ def test_onnx_engine_predicts_as_torch(model_dir):
     "End to end through the Predictor: the same decisions, probabilities within float noise, any batch size."
     mdir, images, _ = model_dir
     paths = sorted(str(p) for p in images.glob("*.png")) + [str(images / "missing.png")]
-    torch_df = Predictor.from_dir(mdir, device="cpu").predict(paths, batch_size=5)
+    torch_df = Predictor.from_dir(mdir, device="cpu", precision="fp32").predict(paths, batch_size=5)
     module, meta = load_onnx(mdir)
     assert meta["engine"] == "onnx" and meta["classes"] == CLASSES
     onnx_df = Predictor(module, meta, device="cpu").predict(paths, batch_size=5)
@@ -130,3 +130,27 @@ def test_export_command_to_another_folder(model_dir, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     module, meta = load_onnx(tmp_path / "onnx")  # model.json copied beside it, no weights: description checked
     assert meta["classes"] == CLASSES
+
+
+def test_predict_engine_onnx_from_the_command_line(model_dir, tmp_path, capsys):
+    from cxr_fast.cli import main
+    mdir, images, _ = model_dir
+    for extra in ([], ["--int8"]):
+        out = tmp_path / f"preds{len(extra)}.csv"
+        assert main(["predict", str(mdir), str(images), "--engine", "onnx", *extra, "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert ("onnx-int8 engine" if extra else "onnx engine") in err
+        import pandas as pd
+        assert len(pd.read_csv(out)) == 12
+
+
+def test_engine_option_errors(model_dir, tmp_path):
+    mdir, images, _ = model_dir
+    with pytest.raises(CxrError, match="onnx engine takes fp32"):
+        Predictor.from_dir(mdir, engine="onnx", precision="bf16")
+    with pytest.raises(CxrError, match="--int8 runs on the onnx engine"): Predictor.from_dir(mdir, int8=True)
+    with pytest.raises(CxrError, match="unknown engine"): Predictor.from_dir(mdir, engine="tensorrt")
+    onnx = Predictor.from_dir(mdir, engine="onnx")
+    assert onnx.precision.name == "fp32" and not onnx.channels_last and "onnxruntime" in onnx.precision.reason
+    with pytest.raises(CxrError, match="--gradcam needs the torch engine"):
+        onnx.predict([str(images / "im0.png")], gradcam=tmp_path / "cams")

@@ -60,7 +60,7 @@ def test_round_trip_gives_the_models_own_probabilities_on_the_valid_batches(thre
     x_ours = pred.to_input(torch.stack([pred.load(p) for p in paths]))
     assert (x_ours - x_ref).abs().max().item() == 0.0  # the training valid-time transforms, exactly
     with torch.no_grad(): ref = torch.cat([torch.softmax(model(x_ref[i:i + BS]), 1) for i in range(0, len(x_ref), BS)])
-    df = cxr_fast.predict(mdir, paths, batch_size=BS)
+    df = cxr_fast.predict(mdir, paths, batch_size=BS, precision="fp32")  # auto may take bf16
     assert list(df.columns) == ["path", "pred", *[f"p_{c}" for c in pred.classes], "error", "warning"]
     np.testing.assert_allclose(probs_of(df, pred.classes), ref.numpy(), atol=1e-6, rtol=0)
     assert (df["error"] == "").all() and df["pred"].tolist() == [pred.classes[i] for i in ref.argmax(1).tolist()]

@@ -173,6 +173,10 @@ def test_threads_follow_the_machine(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert set_threads(1) == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert set_threads() == 1  # a count lowered earlier is kept; never above the usable cores
+        torch.set_num_threads(usable_cores() + 3)
+        assert set_threads() == usable_cores()
     finally:
         torch.set_num_threads(before)
 
@@ -205,3 +209,38 @@ def test_bf16_autocast_on_cuda_runs():
     P.apply_precision(learn, P.decide_precision("bf16", "cuda"))
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
     assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
+
+
+def test_channels_last_by_purpose():
+    "On a CPU, channels-last only to predict (it slowed the training step here); on CUDA always."
+    assert not P.decide_precision("fp32", "cpu").channels_last
+    assert P.decide_precision("fp32", "cpu", purpose="predict").channels_last
+    assert P.decide_precision("auto", "cpu", flags=AVX2_EPYC, env={}, purpose="predict").channels_last
+    assert P.decide_precision("auto", "cuda", purpose="predict").channels_last
+    with pytest.raises(ValueError): P.decide_precision("auto", "cpu", purpose="serve")
+
+
+# ---- train records the choice --------------------------------------------------------------------
+
+def test_train_records_the_precision_and_why(tmp_path, capsys):
+    "config.json, report.md and the console say what ran and why; the deprecated --bf16 still works."
+    import json
+
+    from cxr_fast.table import build_table
+    from cxr_fast.training import train
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=4, image_size=40)
+    tiny = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        train(table=table, out=tmp_path / "run", bf16=False, **tiny)
+    used = json.loads((tmp_path / "run" / "config.json").read_text())["precision_used"]
+    assert used["name"] == "fp32" and used["requested"] == "fp32" and "--bf16" in used["reason"]
+    assert "Precision: fp32 on cpu" in (tmp_path / "run" / "report.md").read_text()
+    assert "precision: fp32 on cpu" in capsys.readouterr().out
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)
+    assert "scaler" in last and last["scaler"] is None  # fp32: no GradScaler state to resume
+    with P.default_precision("bf16"):
+        train(table=table, out=tmp_path / "run2", **tiny)
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["precision_used"]["name"] == "bf16"
+    with pytest.raises(CxrError, match="contradicts"):
+        train(table=table, out=tmp_path / "run3", precision="fp32", bf16=True, **tiny)
