@@ -9,8 +9,9 @@
   per-label sigmoid, every ranking of one class's probability across images: accuracy at argmax, binary
   and per-label AUC, and the decisions at thresholds mapped through the same T (`temper_thresholds`) do
   not change. For 3+ classes a one-vs-rest AUC can move slightly (p_c then depends on the other logits).
-- Operating point (binary tasks): the highest threshold on the disease probability whose sensitivity
-  on valid reaches a target (`sensitivity_threshold`), and the sensitivity/specificity it gives elsewhere.
+- Operating point (binary tasks): of the thresholds on the disease probability whose sensitivity on valid
+  reaches a target, the one with the best specificity there (`sensitivity_threshold`), and the
+  sensitivity/specificity it gives elsewhere.
 """
 import math
 
@@ -169,15 +170,22 @@ def rates_at(scores, positive, threshold):
 
 
 def sensitivity_threshold(scores, positive, target=0.95):
-    """The highest threshold t whose sensitivity (share of positives with score >= t) reaches `target`,
-    placed half way between the lowest positive score it keeps and the next lower score. None without positives."""
+    """The operating point for a target sensitivity: of the thresholds t whose sensitivity (share of positives with
+    score >= t) reaches `target`, the one with the highest specificity and, of those, the highest sensitivity;
+    placed half way between the lowest score it calls positive and the next lower score. None without positives."""
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    pos = np.sort(scores[positive])[::-1]
-    if not len(pos): return None
-    k = max(1, math.ceil(target * len(pos) - 1e-9))  # positives that must score >= t
-    kept = pos[k - 1]
-    below = scores[scores < kept]
-    return float((kept + below.max()) / 2) if len(below) else float(kept)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos: return None
+    order = np.argsort(-scores, kind="mergesort")
+    s, p = scores[order], positive[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last position of each group of tied scores
+    sens = np.cumsum(p)[last] / n_pos  # calling positive every score >= s[last[j]]
+    spec = (n_neg - np.cumsum(~p)[last]) / n_neg if n_neg else np.ones(len(last))
+    feasible = np.nonzero(sens >= target - 1e-12)[0]
+    best = feasible[spec[feasible] >= spec[feasible].max() - 1e-12]
+    j = int(best.max())  # lowest threshold keeping that specificity: the most sensitivity for free
+    kept = s[last[j]]
+    return float((kept + s[last[j] + 1]) / 2) if last[j] + 1 < len(s) else float(kept)
 
 
 def operating_point(scores_by_split, positive_by_split, target=0.95, chosen_on="valid", default=0.5):
@@ -297,7 +305,8 @@ def operating_point_lines(op):
     "The operating point as markdown lines: threshold, and sensitivity/specificity at it and at the default."
     lines = [f"### Operating point: target sensitivity {op['target_sensitivity']:.2f}", "",
              f"Threshold {op['threshold']:.4f} on the disease probability, chosen on {op['chosen_on']} "
-             f"(the highest threshold reaching the target there); the model's decisions use it.", ""]
+             f"(of the thresholds reaching the target there, the one with the best specificity); the model's "
+             f"decisions use it.", ""]
     rows = []
     for s, rates in op.items():
         if not isinstance(rates, dict) or "sensitivity" not in rates: continue

@@ -119,6 +119,10 @@ def test_sensitivity_operating_point():
     assert cal.rates_at(scores, positive, t) == {"sensitivity": 1.0, "specificity": 0.6, "n_positive": 5, "n_negative": 5}
     assert cal.sensitivity_threshold(scores, positive, 0.8) == pytest.approx(0.5)  # 4 of 5 positives
     assert cal.sensitivity_threshold(scores, np.zeros(10, bool)) is None
+    # separable scores: every positive kept at no cost in specificity, whatever the target
+    separable = np.array([0.9, 0.8, 0.7, 0.3, 0.2])
+    assert cal.sensitivity_threshold(separable, np.array([1, 1, 1, 0, 0], bool), 0.5) == pytest.approx(0.5)
+    assert cal.sensitivity_threshold([0.9, 0.8], [True, True], 0.95) == pytest.approx(0.8)  # no negatives
     op = cal.operating_point({"valid": scores, "test": scores[::-1]}, {"valid": positive, "test": positive[::-1]}, 0.95)
     assert op["threshold"] == pytest.approx(0.25) and op["valid"]["sensitivity"] == 1.0
     assert op["at_default"]["valid"]["specificity"] == pytest.approx(0.8)
