@@ -1,10 +1,13 @@
-"""`make bench-accuracy`: patient-grouped 5-fold cross-validation on DarkCovidNet, trained from scratch.
+"""`make bench-accuracy`: patient-grouped 5-fold cross-validation on DarkCovidNet, from scratch and pretrained.
 
 The protocol of Ozturk et al. 2020 (DarkCovidNet: 87.02% 3-class, 98.08% binary, 5-fold CV, from scratch),
 with folds grouped by patient (NIH file names carry the patient id). Inside each training fold a
 validation split (by patient) picks the best epoch; the held-out fold is touched once, for the test metrics.
+An experiment is a recipe's configuration: `scratch` (recipes/darkcovidnet_scratch.py) or
+`pretrained:VARIANT` (recipes/darkcovidnet_pretrained.py: best, fine_tune, head, gradual). Results of the
+experiments already in --out are kept, so experiments can be measured one after another.
 
-    python bench/bench_accuracy.py --out bench/accuracy.json [--tasks 3class,binary] [--folds 5] [--epochs ..]
+    python bench/bench_accuracy.py --experiments scratch,pretrained:best [--tasks 3class,binary] [--folds 5]
 """
 import argparse
 import json
@@ -17,9 +20,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "recipes"))
-from darkcovidnet_scratch import BEST, TASK_CLASSES, TASK_OVERRIDES  # noqa: E402  the recipe's configuration is what we measure
+import darkcovidnet_pretrained  # noqa: E402  the recipes' configurations are what we measure
+import darkcovidnet_scratch  # noqa: E402
 
 from cxr_fast.table import assign_splits, build_table  # noqa: E402
+from cxr_fast.machine import machine_info  # noqa: E402
 from cxr_fast.training import train  # noqa: E402
 
 PAPER = {"3class": 0.8702, "binary": 0.9808}
@@ -43,8 +48,19 @@ def covid_sensitivity(test_metrics):
     return entry.get("recall")
 
 
+def experiment_config(name, task, overrides):
+    "train() keywords of an experiment ('scratch' or 'pretrained:VARIANT') for a task, with --set overrides."
+    if name == "scratch":
+        r = darkcovidnet_scratch
+        return {**r.BEST, **r.TASK_OVERRIDES.get(task, {}), "bf16": None, **overrides}  # precision: auto
+    recipe, _, variant = name.partition(":")
+    if recipe != "pretrained": sys.exit(f"unknown experiment {name!r}: scratch or pretrained:VARIANT")
+    return darkcovidnet_pretrained.fit_config(variant or "best", task, **overrides)
+
+
 def run_task(task, data, out_dir, args, config):
-    table = build_table("folders", data, "folders", valid_pct=0, classes=TASK_CLASSES[task], dedup="off")
+    table = build_table("folders", data, "folders", valid_pct=0, classes=darkcovidnet_scratch.TASK_CLASSES[task],
+                        dedup="off")
     rows = []
     for k, fold in fold_tables(table, args.folds, args.seed):
         if args.only_fold is not None and k != args.only_fold: continue
@@ -69,20 +85,43 @@ def summarize_folds(rows, task):
 
 
 def markdown(results):
-    lines = ["# DarkCovidNet 5-fold CV (patient-grouped, from scratch)", "",
-             f"Data: {results['data']}. Config: `{json.dumps(results['config'])}`; per task: "
-             f"`{json.dumps(results.get('task_overrides', {}))}`. Machine: {results['machine']}.", "",
-             "| task | accuracy mean ± sd | min-max | COVID-19 sensitivity | paper | training time |", "|---|---|---|---|---|---|"]
-    for task, r in results["tasks"].items():
-        sens = f"{r['covid_sensitivity_mean']:.3f}" if r["covid_sensitivity_mean"] is not None else "-"
-        lines.append(f"| {task} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} "
-                     f"| {sens} | {r['paper']:.4f} | {r['train_minutes_total']} min |")
-    lines += ["", "Per fold:", "", "| task | fold | accuracy | balanced acc | macro F1 | COVID-19 sens | n test |", "|---|---|---|---|---|---|---|"]
-    for task, r in results["tasks"].items():
-        for f in r["folds"]:
-            sens = f"{f['covid_sensitivity']:.3f}" if f["covid_sensitivity"] is not None else "-"
-            lines.append(f"| {task} | {f['fold']} | {f['accuracy']:.4f} | {f['balanced_accuracy']:.4f} | {f['macro_f1']:.4f} | {sens} | {f['n_test']} |")
+    lines = ["# DarkCovidNet 5-fold CV (patient-grouped)", "", f"Data: {results['data']}.", "",
+             "| experiment | task | folds | accuracy mean ± sd | min-max | COVID-19 sensitivity | paper (scratch) "
+             "| training time | machine |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, exp in results["experiments"].items():
+        for task, r in exp["tasks"].items():
+            sens = f"{r['covid_sensitivity_mean']:.3f}" if r["covid_sensitivity_mean"] is not None else "-"
+            lines.append(f"| {name} | {task} | {len(r['folds'])} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
+                         f"| {r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} | {sens} | {r['paper']:.4f} "
+                         f"| {r['train_minutes_total']} min | {exp['machine_summary']} |")
+    lines += ["", "Configurations:", ""]
+    lines += [f"- `{name}`: `{json.dumps(exp['config'], default=str)}`" for name, exp in results["experiments"].items()]
+    lines += ["", "Per fold:", "", "| experiment | task | fold | accuracy | balanced acc | macro F1 | COVID-19 sens | n test "
+              "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, exp in results["experiments"].items():
+        for task, r in exp["tasks"].items():
+            for f in r["folds"]:
+                sens = f"{f['covid_sensitivity']:.3f}" if f["covid_sensitivity"] is not None else "-"
+                lines.append(f"| {name} | {task} | {f['fold']} | {f['accuracy']:.4f} | {f['balanced_accuracy']:.4f} "
+                             f"| {f['macro_f1']:.4f} | {sens} | {f['n_test']} | {f['train_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def machine_summary(record):
+    "One line: CPU (or GPU), cores, torch threads."
+    cpu = record.get("cpu") or {}
+    name = record.get("gpu") or cpu.get("model") or record.get("cpu_model") or "?"
+    return f"{name}, {record.get('cores', cpu.get('cores', '?'))} cores"
+
+
+def load_results(path, data):
+    "The results already measured in `path` (older files: one from-scratch experiment), or a new record."
+    if not Path(path).is_file(): return {"data": data, "experiments": {}}
+    old = json.loads(Path(path).read_text())
+    if "experiments" in old: return old
+    scratch = {"config": {**old["config"], "task_overrides": old.get("task_overrides")}, "tasks": old["tasks"],
+               "machine": {"note": old.get("machine")}, "machine_summary": f"{old.get('machine')} (earlier machine)"}
+    return {"data": old.get("data", data), "experiments": {"scratch": scratch}}
 
 
 def main():
@@ -91,29 +130,34 @@ def main():
     p.add_argument("--out", default=str(HERE / "accuracy.json"))
     p.add_argument("--runs", default=str(HERE / "tmp" / "cv"))
     p.add_argument("--tasks", default="3class,binary")
+    p.add_argument("--experiments", default="pretrained:best", help="scratch and/or pretrained:VARIANT, comma-separated")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--only-fold", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", action="append", default=[], help="override a config key, e.g. --set epochs=20")
-    p.add_argument("--prior", default=None, help="fold results (JSON lines this script printed) of tasks measured earlier")
     a = p.parse_args()
     if not Path(a.data).is_dir(): sys.exit(f"DarkCovidNet not found at {a.data}; give --data")
-    config = dict(BEST)
+    overrides = {}
     for item in a.set:
         key, _, value = item.partition("=")
-        config[key] = json.loads(value) if value[:1] in "0123456789-[{tfn\"" else value
-    import os, platform
-    results = {"data": a.data, "config": config, "task_overrides": TASK_OVERRIDES,
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "tasks": {}}
-    if a.prior:
-        prior = [json.loads(line) for line in Path(a.prior).read_text().splitlines() if line.strip()]
-        for task in dict.fromkeys(r["task"] for r in prior):
-            results["tasks"][task] = summarize_folds([{k: v for k, v in r.items() if k != "task"} for r in prior if r["task"] == task], task)
-    for task in a.tasks.split(","):
-        results["tasks"][task] = run_task(task, Path(a.data), Path(a.runs), a, {**config, **TASK_OVERRIDES.get(task, {})})
-    Path(a.out).write_text(json.dumps(results, indent=1))
-    Path(a.out).with_suffix(".md").write_text(markdown(results))
+        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn\"" else value
+    results = load_results(a.out, a.data)
+    for name in a.experiments.split(","):
+        exp = results["experiments"].setdefault(name, {"tasks": {}})
+        exp.update(machine=machine_info(), config={t: experiment_config(name, t, overrides) for t in a.tasks.split(",")})
+        exp["machine_summary"] = machine_summary(exp["machine"])
+        for task in a.tasks.split(","):
+            exp["tasks"][task] = run_task(task, Path(a.data), Path(a.runs) / name.replace(":", "-"), a,
+                                          exp["config"][task])
+            write_results(a.out, results)  # after every task: an interrupted benchmark keeps what it measured
     print(markdown(results))
+
+
+def write_results(path, results):
+    "accuracy.json and accuracy.md, atomically."
+    from cxr_fast.table import write_atomic
+    write_atomic(Path(path), lambda p: p.write_text(json.dumps(results, indent=1, default=str)))
+    write_atomic(Path(path).with_suffix(".md"), lambda p: p.write_text(markdown(results)))
 
 
 if __name__ == "__main__":

