@@ -37,8 +37,10 @@ configuration as a ready command line). `--trials 0` only writes these.
 import inspect
 import json
 import math
+import random
 import shlex
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,10 +363,15 @@ def open_storage(url, heartbeat=60):
     retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
     callback_key = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ExperimentalWarning for the heartbeat options
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                                          grace_period=3 * heartbeat, **{callback_key: retry_cls(max_retry=1)})
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning for the heartbeat options
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                                  grace_period=3 * heartbeat, **{callback_key: retry_cls(max_retry=1)})
+        except Exception as e:  # two workers creating a new database's tables at once ("table ... already exists")
+            if attempt == 4 or type(e).__name__ not in ("OperationalError", "IntegrityError"): raise
+            time.sleep(0.5 + random.random())
 
 
 def open_study(storage, name, direction, prune=True, sampler_seed=None):
