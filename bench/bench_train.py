@@ -2,9 +2,13 @@
 
     python bench/bench_train.py --case cxr_fast_bf16 --data ../shared/data/darkcovidnet --json out.json
 
-Cases: fastai_plain (ImageDataLoaders.from_folder + vision_learner), cxr_fast_fp32 / cxr_fast_bf16
-(cxr_fast DataBlock with a warm decoded-image cache, num_workers default), bare_fp32 / bare_bf16
-(the training step on ready tensors: the compute limit), and *_data (the data pipeline alone).
+Cases: fastai_plain (ImageDataLoaders.from_folder + vision_learner, fastai's Adam), cxr_fast_fp32 /
+cxr_fast_bf16 / cxr_fast_auto (cxr_fast's learner as `train` builds it: its DataBlock with a warm
+decoded-image cache, num_workers and threads chosen by the machine, the fused FastAdam, `--precision`),
+cxr_fast_fp32_fastai_adam (the same with fastai's per-parameter Adam: the optimizer's share),
+bare_fp32 / bare_bf16 / bare_fp32_cl (the training step on ready tensors, torch's Adam: the compute limit;
+_cl: channels-last), and *_data (the data pipeline alone). Run with ONEDNN_MAX_CPU_ISA=AVX2 in the
+environment, a bare case measures a CPU without native bf16 (oneDNN limited to AVX2; run_bench's *_avx2).
 """
 import argparse
 import json
@@ -69,19 +73,25 @@ def warm_cache(dls):
     return time.perf_counter() - t
 
 
-def run_fit(dls, bf16, max_batches, plain):
+def run_fit(dls, precision, max_batches, plain, opt="fast"):
+    "Images/s of fit; returns (rate, precision record). plain: fastai's vision_learner as a notebook makes it."
+    from fastai.optimizer import Adam
     from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, vision_learner
     from cxr_fast.models import build_model
-    from cxr_fast.precision import CpuBF16Autocast
+    from cxr_fast.precision import apply_precision, resolve_precision
+    from cxr_fast.training import OPTIMIZERS
     timer = Timer()
-    cbs = [fastai_timer_cb(timer, max_batches)] + ([CpuBF16Autocast()] if bf16 else [])
+    p = resolve_precision(precision, device="cpu")
     if plain:
         from torchvision.models import resnet18
         learn = vision_learner(dls, resnet18, pretrained=False, metrics=accuracy)
     else:
-        learn = Learner(dls, build_model(RESNET, dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
-    learn.fit(1, 1e-3, cbs=cbs)
-    return timer.rate()
+        opt_func, wd = OPTIMIZERS["adamw"] if opt == "fast" else (Adam, 0.01)
+        learn = Learner(dls, build_model(RESNET, dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                        opt_func=opt_func, wd=wd)
+    apply_precision(learn, p)
+    learn.fit(1, 1e-3, cbs=[fastai_timer_cb(timer, max_batches)])
+    return timer.rate(), p.as_dict()
 
 
 def run_data_only(dls, max_batches):
@@ -92,12 +102,13 @@ def run_data_only(dls, max_batches):
     return timer.rate()
 
 
-def run_bare(size, bs, bf16, steps):
+def run_bare(size, bs, bf16, steps, channels_last=False):
     from cxr_fast.models import build_model
     torch.manual_seed(0)
     model = build_model(RESNET, 3).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 3, (bs,))
+    if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     timer = Timer()
     for _ in range(steps + 1):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -119,19 +130,27 @@ def main():
     p.add_argument("--json", required=True)
     p.add_argument("--workers", type=int, default=None, help="cxr_fast cases: DataLoader workers (default: blocks' choice)")
     a = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": torch.get_num_threads()}
-    bf16 = a.case.endswith("bf16")
+    from cxr_fast.machine import machine_info, set_threads
+    threads = set_threads()  # capped at the usable cores, as train does
+    result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": threads}
+    name = a.case.removesuffix("_avx2")
+    precision = next((q for q in ("bf16", "auto", "fp32") if f"_{q}" in name), "fp32")
     with tempfile.TemporaryDirectory() as cache_dir:
-        if a.case.startswith("bare"):
-            result["img_per_s"] = run_bare(a.size, a.bs, bf16, a.batches)
+        if name.startswith("bare"):
+            result["img_per_s"] = run_bare(a.size, a.bs, precision == "bf16", a.batches, name.endswith("_cl"))
+            result["precision"] = {"name": precision, "channels_last": name.endswith("_cl"), "how": "torch.autocast"}
         else:
-            plain = a.case.startswith("fastai")
+            plain = name.startswith("fastai")
             dls = plain_fastai_dls(a.data, a.size, a.bs) if plain else cxr_fast_dls(a.data, a.size, a.bs, cache_dir, a.workers)
             result["num_workers"] = dls.train.fake_l.num_workers  # fastai's own attribute reports at least 1
-            if a.case.startswith("cxr_fast"): result["cache_fill_s"] = warm_cache(dls)
-            result["img_per_s"] = run_data_only(dls, a.batches + 1) if a.case.endswith("_data") else run_fit(dls, bf16, a.batches + 1, plain)
+            if name.startswith("cxr_fast"): result["cache_fill_s"] = warm_cache(dls)
+            if name.endswith("_data"): result["img_per_s"] = run_data_only(dls, a.batches + 1)
+            else:
+                result["img_per_s"], result["precision"] = run_fit(
+                    dls, precision, a.batches + 1, plain, "fastai" if name.endswith("fastai_adam") else "fast")
+                result["optimizer"] = "fastai Adam" if plain or name.endswith("fastai_adam") else "cxr_fast FastAdam (fused)"
     result["peak_rss_mb"] = peak_rss_mb()
+    result["machine"] = machine_info(num_workers=result.get("num_workers", 0))
     Path(a.json).write_text(json.dumps(result))
     print(json.dumps(result))
 

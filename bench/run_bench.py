@@ -1,9 +1,14 @@
 """`make bench`: training and inference throughput side by side, measured in one run on this machine.
 
-Writes bench/results.json and bench/results.md. Each case runs in its own process.
+Writes bench/results.json and bench/results.md. Each training case runs in its own process (its peak RSS
+is its own); bare_fp32 runs first and again last, so the drift of a shared machine shows. Cases named
+*_avx2 run with ONEDNN_MAX_CPU_ISA=AVX2: oneDNN limited to AVX2, a CPU without native bf16 (issue #13's EPYC).
+Every record carries the machine (cxr_fast.machine.machine_info): CPU model and flags, torch, threads,
+workers, the precision used.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +18,9 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "darkcovidnet"
-TRAIN_CASES = ["bare_fp32", "bare_bf16", "fastai_plain_data", "fastai_plain", "cxr_fast_data", "cxr_fast_fp32", "cxr_fast_bf16"]
+TRAIN_CASES = ["bare_fp32", "bare_bf16", "bare_fp32_cl", "fastai_plain_data", "fastai_plain", "cxr_fast_data",
+               "cxr_fast_fp32", "cxr_fast_fp32_fastai_adam", "cxr_fast_auto", "bare_fp32_end"]
+AVX2_CASES = ["bare_fp32_avx2", "bare_bf16_avx2"]  # once (the images do not matter to a bare step)
 
 
 def make_full_size(src, dest, size=1024):
@@ -32,53 +39,80 @@ def run_case(case, data, args, tmp):
     out = tmp / f"{case}-{Path(data).name}.json"
     if args.reuse and out.is_file():  # a case measured earlier in this same benchmark run
         result = json.loads(out.read_text())
-        print(f"  {case:<18} {result['img_per_s']:6.1f} img/s  (reused {out.name})", flush=True)
+        print(f"  {case:<26} {result['img_per_s']:6.1f} img/s  (reused {out.name})", flush=True)
         return result
-    cmd = [sys.executable, str(HERE / "bench_train.py"), "--case", case, "--data", str(data), "--size", str(args.size),
-           "--bs", str(args.bs), "--batches", str(args.batches), "--json", str(out)]
+    env = dict(os.environ)
+    batches, bs = args.batches, args.bs
+    if case.endswith("_avx2"):
+        env["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        batches, bs = 2, 16  # emulated bf16 runs about 1 img/s: issue #13's batch of 16, 2 timed steps
+    cmd = [sys.executable, str(HERE / "bench_train.py"), "--case", case.removesuffix("_end"), "--data", str(data),
+           "--size", str(args.size), "--bs", str(bs), "--batches", str(batches), "--json", str(out)]
     t = time.time()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     result = json.loads(out.read_text())
-    result["wall_s"] = round(time.time() - t, 1)
-    print(f"  {case:<18} {result['img_per_s']:6.1f} img/s  peak {result['peak_rss_mb']:6.0f} MB", flush=True)
+    result.update(case=case, wall_s=round(time.time() - t, 1), load_avg_after=os.getloadavg()[0])
+    print(f"  {case:<26} {result['img_per_s']:6.1f} img/s  peak {result['peak_rss_mb']:6.0f} MB  "
+          f"load {result['load_avg_after']:.1f}", flush=True)
     return result
 
 
 def limit_of(rows):
-    "What limits each pipeline: the data path alone vs the training step alone."
+    """What limits each pipeline: the data path alone vs the training step alone, and how far from the
+    step it got (the rest is the loop, augmentation on the main thread and the optimizer sharing the cores)."""
     by = {r["case"]: r["img_per_s"] for r in rows}
     out = {}
     for name, data_case, step_case in (("fastai_plain", "fastai_plain_data", "bare_fp32"),
                                        ("cxr_fast_fp32", "cxr_fast_data", "bare_fp32"),
-                                       ("cxr_fast_bf16", "cxr_fast_data", "bare_bf16")):
-        if data_case in by and step_case in by:
-            out[name] = "data pipeline (decode+resize+augment)" if by[data_case] < by[step_case] else "forward/backward"
+                                       ("cxr_fast_fp32_fastai_adam", "cxr_fast_data", "bare_fp32"),
+                                       ("cxr_fast_auto", "cxr_fast_data", "bare_bf16")):
+        if not {name, data_case, step_case} <= set(by): continue
+        data, step, got = by[data_case], by[step_case], by[name]
+        limit = "data pipeline (decode+resize+augment)" if data < step else "forward/backward"
+        out[name] = (f"{limit}: data path alone {data:.0f} img/s, step alone ({step_case}) {step:.1f}; "
+                     f"reached {got / step:.2f}x the step")
     return out
-
-
-def markdown(results):
-    lines = ["# cxr_fast benchmarks", "", f"Machine: {results['machine']}. Command: `make bench`.", ""]
-    for key, title in (("train_small", "Training, shared DarkCovidNet images (<=384 px) at 224 px"),
-                       ("train_full", "Training, the same images as 1024 px PNGs at 224 px")):
-        if key not in results: continue
-        rows, limits = results[key]["cases"], results[key]["limits"]
-        lines += [f"## {title}", "", "| case | img/s | peak RSS MB | workers | limited by |", "|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['case']} | {r['img_per_s']:.1f} | {r['peak_rss_mb']:.0f} | {r.get('num_workers', '-')} | "
-                         f"{limits.get(r['case'], '')} |")
-        lines += ["", "Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in results[key]["ratios"].items()), ""]
-    if "inference" in results:
-        lines += ["## Inference", "", results["inference"].get("markdown", "```\n" + json.dumps(results["inference"], indent=1) + "\n```"), ""]
-    return "\n".join(lines)
 
 
 def ratios(rows):
     by = {r["case"]: r["img_per_s"] for r in rows}
+    step = max(by.get("bare_fp32", 0), by.get("bare_fp32_end", 0)) or None  # the better of the two bare runs
     pairs = {"cxr_fast_fp32 / fastai_plain": ("cxr_fast_fp32", "fastai_plain"),
-             "cxr_fast_fp32 / bare_fp32": ("cxr_fast_fp32", "bare_fp32"),
-             "cxr_fast_bf16 / fastai_plain": ("cxr_fast_bf16", "fastai_plain"),
-             "cxr_fast_bf16 / bare_fp32": ("cxr_fast_bf16", "bare_fp32")}
-    return {k: by[a] / by[b] for k, (a, b) in pairs.items() if a in by and b in by}
+             "cxr_fast_fp32_fastai_adam / fastai_plain": ("cxr_fast_fp32_fastai_adam", "fastai_plain"),
+             "cxr_fast_auto / fastai_plain": ("cxr_fast_auto", "fastai_plain"),
+             "bare_fp32 / fastai_plain": ("bare_fp32", "fastai_plain"),
+             "bare_bf16 / bare_fp32": ("bare_bf16", "bare_fp32"),
+             "bare_fp32_cl / bare_fp32": ("bare_fp32_cl", "bare_fp32")}
+    out = {k: by[a] / by[b] for k, (a, b) in pairs.items() if a in by and b in by}
+    if step:
+        for case in ("cxr_fast_fp32", "cxr_fast_fp32_fastai_adam", "fastai_plain"):
+            if case in by: out[f"{case} / bare_fp32 (best of start and end)"] = by[case] / step
+    return out
+
+
+def markdown(results):
+    m = results["machine"]
+    lines = ["# cxr_fast benchmarks", "",
+             f"Machine: {m['cpu_model']}, {m['usable_cores']} cores ({', '.join(m['cpu_flags_speed'])}), torch {m['torch']}, "
+             f"{m['torch_threads']} torch threads; shared with other jobs (load average "
+             f"{results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after). Command: `{results['command']}`.", ""]
+    for key, title in (("train_small", "Training, shared DarkCovidNet images (<=384 px) at 224 px"),
+                       ("train_full", "Training, the same images as 1024 px PNGs at 224 px"),
+                       ("train_avx2", "Bare training step with oneDNN capped to AVX2 (no native bf16), batch 16")):
+        if key not in results: continue
+        rows, limits = results[key]["cases"], results[key]["limits"]
+        lines += [f"## {title}", "", "| case | img/s | precision | workers | peak RSS MB | load after | limited by |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            prec = (r.get("precision") or {}).get("name", "-")
+            lines.append(f"| {r['case']} | {r['img_per_s']:.1f} | {prec} | {r.get('num_workers', '-')} | "
+                         f"{r['peak_rss_mb']:.0f} | {r.get('load_avg_after', float('nan')):.1f} | {limits.get(r['case'], '')} |")
+        if results[key]["ratios"]:
+            lines += ["", "Ratios: " + ", ".join(f"{k} {v:.2f}x" for k, v in results[key]["ratios"].items())]
+        lines.append("")
+    if "inference" in results:
+        lines += ["## Inference", "", results["inference"].get("markdown", "```\n" + json.dumps(results["inference"], indent=1) + "\n```"), ""]
+    return "\n".join(lines)
 
 
 def main():
@@ -88,8 +122,8 @@ def main():
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=6)
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,inference")
-    p.add_argument("--inference-repeats", type=int, default=2)
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,avx2,inference")
+    p.add_argument("--inference-repeats", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="reuse case results already in bench/tmp (finish an interrupted run)")
     a = p.parse_args()
     data = Path(a.data)
@@ -97,20 +131,21 @@ def main():
     skip = set(a.skip.split(","))
     tmp = HERE / "tmp"
     tmp.mkdir(exist_ok=True)
-    import platform, os
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads default",
-               "settings": vars(a)}
-    for key, d in (("train_small", data), ("train_full", None)):
+    from cxr_fast.machine import machine_info, set_threads
+    results = {"machine": machine_info(torch_threads=set_threads(), shared=True), "settings": vars(a),
+               "command": " ".join([Path(sys.executable).name, *sys.argv]), "load_before": os.getloadavg()}
+    for key, d, cases in (("train_small", data, TRAIN_CASES), ("train_full", None, TRAIN_CASES), ("train_avx2", data, AVX2_CASES)):
         if key.split("_")[1] in skip: continue
         if d is None: d = make_full_size(data, tmp / "full1024")
         print(f"{key}: {d}", flush=True)
-        rows = [run_case(c, d, a, tmp) for c in TRAIN_CASES]
+        rows = [run_case(c, d, a, tmp) for c in cases]
         results[key] = {"data": str(d), "cases": rows, "limits": limit_of(rows), "ratios": ratios(rows)}
     if "inference" not in skip and (HERE / "bench_inference.py").is_file():
         out = tmp / "inference.json"
-        subprocess.run([sys.executable, str(HERE / "bench_inference.py"), "--out", str(out), "--repeats", str(a.inference_repeats)],
-                       check=True)
+        subprocess.run([sys.executable, str(HERE / "bench_inference.py"), "--data", str(data), "--out", str(out),
+                        "--repeats", str(a.inference_repeats)], check=True)
         results["inference"] = json.loads(out.read_text())
+    results["load_after"] = os.getloadavg()
     Path(a.out).write_text(json.dumps(results, indent=1))
     Path(a.out).with_suffix(".md").write_text(markdown(results))
     print(markdown(results))

@@ -9,10 +9,13 @@ and returns logits; the model dir's description (model.json) is stored in the fi
 SHA-256 of the weights it came from (engines.py checks both when loading). Export is checked: the ONNX
 output must match torch's on a test batch (max |logit difference| printed).
 
-int8: onnxruntime static quantisation (QDQ, per-channel int8 weights, uint8 activations, min-max ranges)
-calibrated on `calibration_images` images given by `--calibrate` (files, folders, globs or a CSV),
-preprocessed exactly as predict does. The agreement with fp32 on those images is printed; measure it on
-your own held-out images too (bench/bench_inference.py does, on real DarkCovidNet images).
+int8: onnxruntime static quantisation of the body (QDQ; per-channel int8 weights, uint8 activations,
+ranges at the 99.99th percentile) calibrated on `calibration_images` images given by `--calibrate`
+(files, folders, globs or a CSV), preprocessed exactly as predict does; the head (pooling, BatchNorm,
+linear layers) stays fp32. The agreement with fp32 on those images is printed; measure it on your own
+held-out images too (bench/bench_inference.py does, on real DarkCovidNet images): on a ResNet18 trained one
+epoch from scratch (many near-ties) this setting agreed on 97.7% of argmaxes against 95.3% for min-max
+ranges with everything quantised (the same 300 images, one comparison).
 """
 import json
 import shutil
@@ -29,6 +32,7 @@ from .errors import CxrError
 from .table import write_atomic
 
 DEFAULT_OPSET = 18
+INT8_OPS = ["Conv", "Add", "MaxPool", "Relu", "Clip"]  # the convolutional body; the head stays fp32
 EXPORT_TOLERANCE = 1e-3  # max |logit difference| ONNX fp32 vs torch fp32 on the check batch
 
 
@@ -89,9 +93,11 @@ def calibration_batches(model, meta, calibrate, n_images, batch_size=8):
 
 
 def quantize_int8(fp32_path, dest, batches):
-    "onnxruntime static int8 quantisation (QDQ, per-channel weights) calibrated on `batches`; writes `dest`."
+    "onnxruntime static int8 quantisation of the body (module docstring) calibrated on `batches`; writes `dest`."
+    import logging
     require_onnxruntime()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -100,13 +106,18 @@ def quantize_int8(fp32_path, dest, batches):
 
     with tempfile.TemporaryDirectory(prefix="cxr_int8_") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        try:
-            quant_pre_process(str(fp32_path), str(pre))  # shape inference + optimisation, as recommended
-        except Exception:
-            shutil.copyfile(fp32_path, pre)
         out = Path(tmp) / "int8.onnx"
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        logging.disable(logging.WARNING)  # onnxruntime.quantization logs advice through the root logger
+        try:
+            try:  # shape inference + graph optimisation, as onnxruntime recommends before quantising
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            except Exception:
+                shutil.copyfile(fp32_path, pre)
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=INT8_OPS,
+                            calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99})
+        finally:
+            logging.disable(logging.NOTSET)
         shutil.copyfile(out, dest)
     return dest
 
@@ -116,7 +127,7 @@ def _softmax_or_sigmoid(logits, multilabel):
     return (torch.sigmoid(t) if multilabel else torch.softmax(t, 1)).numpy()
 
 
-def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_images=64, opset=DEFAULT_OPSET):
+def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_images=128, opset=DEFAULT_OPSET):
     """Export a model dir (or run dir) to OUT/model.onnx (default OUT: the model dir itself), and with `int8`
     to OUT/model.int8.onnx calibrated on `calibrate`. Returns a dict: paths, exporter, checks."""
     from .modelio import find_model_dir, load_model_module
@@ -152,7 +163,8 @@ def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_ima
             q = quantize_int8(out_dir / ONNX_NAME, Path(tmp) / "q.onnx", batches)
             n = sum(len(b) for b in batches)
             _with_metadata(q, out_dir / INT8_NAME, {**props, "cxr_fast_int8": json.dumps(
-                {"method": "onnxruntime quantize_static QDQ, per-channel int8 weights, uint8 activations, min-max",
+                {"method": "onnxruntime quantize_static QDQ of " + "/".join(INT8_OPS) + " (head fp32), per-channel "
+                           "int8 weights, uint8 activations, 99.99th-percentile ranges",
                  "calibration_images": n})})
         xs = np.concatenate(batches)
         p32 = _softmax_or_sigmoid(_run(out_dir / ONNX_NAME, torch.from_numpy(xs)), meta["multilabel"])
@@ -163,10 +175,10 @@ def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_ima
     return result
 
 
-def export_command(model_dir, out=None, int8=False, calibrate=None, calibration_images=64, opset=DEFAULT_OPSET):
+def export_command(model_dir, out=None, int8=False, calibrate=None, calibration_images=128, opset=DEFAULT_OPSET):
     """Export a model dir to ONNX (model.onnx, with model.json's description inside) for predict --engine onnx.
 
-    python -m cxr_fast export MODEL_DIR [--out DIR] [--int8 --calibrate IMAGES [--calibration-images 64]]
+    python -m cxr_fast export MODEL_DIR [--out DIR] [--int8 --calibrate IMAGES [--calibration-images 128]]
 
     --out: where model.onnx goes (default: the model dir; another folder also gets a copy of model.json);
     --int8: also write model.int8.onnx, statically quantised with ranges from --calibrate (files, folders,

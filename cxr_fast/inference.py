@@ -499,7 +499,7 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, thres
     heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
     fp32; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
     --engine onnx runs the model.onnx `cxr_fast export` wrote with onnxruntime (--int8: model.int8.onnx,
-    faster, probabilities within a few points of fp32); --unsafe-pickle allows loading a
+    faster; its probabilities differ from fp32's, by how much `export --int8` prints); --unsafe-pickle allows loading a
     fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
     df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=as_bool(tta, "tta"),
