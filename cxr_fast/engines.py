@@ -25,7 +25,7 @@ META_KEY, WEIGHTS_KEY = "cxr_fast_model_json", "cxr_fast_weights_sha256"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # what predict needs to match its model dir exactly (weights are checked by their SHA-256)
 CHECKED_KEYS = ("arch", "classes", "n_out", "multilabel", "img_size", "resize_method", "preprocessing", "normalize",
-                "thresholds")
+                "thresholds", "calibration")
 
 
 def require_onnxruntime():
