@@ -36,16 +36,7 @@ def demo(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=
                         valid_pct=0.2, test_pct=0.2, seed=seed)
     plan = demo_plan(head_epochs, epochs, head_lr, lr) if pretrained else None
     return train(table=table, arch=arch, pretrained=pretrained, out=out, plan=plan, epochs=epochs + head_epochs,
-                 lr=lr, size=size, bs=16, seed=seed, overwrite=True, train_bn=False, **precision_option(precision))
-
-
-def precision_option(precision):
-    "train()'s precision keyword (`precision` where this version has it, else the bf16 flag)."
-    import inspect
-    from .training import train
-    if "precision" in inspect.signature(train).parameters: return {"precision": precision}
-    from .precision import cpu_supports_bf16
-    return {"bf16": cpu_supports_bf16() if precision == "auto" else precision == "bf16"}
+                 lr=lr, size=size, bs=16, seed=seed, overwrite=True, train_bn=False, precision=precision)
 
 
 def demo_command(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, arch=DEMO_ARCH,
