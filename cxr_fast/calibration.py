@@ -20,7 +20,7 @@ import numpy as np
 from .table import write_atomic
 
 N_BINS = 15
-T_BOUNDS = (0.05, 20.0)   # temperatures searched: sharpen 20x .. soften 20x
+T_BOUNDS = (0.01, 100.0)  # temperatures searched: sharpen 100x .. soften 100x
 EPS = 1e-300              # probabilities are clipped here before a log (float64)
 
 

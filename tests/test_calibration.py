@@ -139,3 +139,102 @@ def test_reliability_diagram_is_drawn(tmp_path):
     zl, yl = toy(n=200, n_classes=2, seed=8, multilabel=True)
     _, summary = cal.calibrate_splits({"valid": zl}, {"valid": yl}, ["A", "B"], True)
     assert cal.plot_reliability(cal.split_calibration(summary, "valid"), tmp_path / "rel2.png").is_file()
+
+
+# ---- a trained model: fitted on valid, saved, applied by predict, shown in the report and the card -----
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A binary phantom model trained with the defaults (calibrated, target sensitivity 0.95): resnet18 from scratch,
+    48 px, 4 epochs, fp32 (the same on every CPU). About 25 s on 2 cores."""
+    from cxr_fast.table import build_table
+    from cxr_fast.training import train
+    root = tmp_path_factory.mktemp("trained")
+    table = build_table("phantom", root / "ph", "binary", patients_per_class=30, image_size=48, valid_pct=0.25,
+                        test_pct=0.25, seed=0)
+    result = train(table=table, arch="resnet18", pretrained=False, out=root / "run", epochs=4, lr=3e-3, size=48, bs=16,
+                   seed=0, num_workers=0, precision="fp32")
+    return root, table, result
+
+
+def read(path):
+    import json
+    return json.loads(path.read_text())
+
+
+def test_training_fits_a_temperature_that_predict_applies(trained):
+    import torch
+
+    from cxr_fast.inference import Predictor
+    from cxr_fast.metrics import split_metrics
+    root, table, result = trained
+    meta = read(root / "run" / "model" / "model.json")
+    t = meta["calibration"]["temperature"]
+    assert meta["calibration"]["method"] == "temperature scaling" and meta["calibration"]["fitted_on"] == "valid"
+    assert t == result["calibration"]["temperature"] and t > 0
+    test = table[table["split"] == "test"].reset_index(drop=True)
+    test.attrs = dict(table.attrs)
+    pred = Predictor.from_dir(root / "run" / "model", precision="fp32")
+    scaled = pred.predict_proba(test["path"].tolist())[0]
+    with torch.no_grad():
+        logits = pred.model(pred.to_input(torch.stack([pred.load(p) for p in test["path"]]))).double().numpy()
+    np.testing.assert_allclose(scaled, cal.apply_temperature(logits, t, False), atol=1e-5)  # predict: softmax(z / T)
+    # accuracy and AUC do not change: the unscaled model at the operating point mapped back through T
+    raw, calibrated = cal.activation(logits, False), cal.apply_temperature(logits, t, False)
+    thr = meta["thresholds"]["positive"]
+    thr_raw = float(cal.temper(np.array([[1 - thr, thr]]), 1 / t, False)[0, 1])
+    with_t = split_metrics(test, calibrated, pred.classes, False, {"positive": thr}, n_boot=0)
+    without = split_metrics(test, raw, pred.classes, False, {"positive": thr_raw}, n_boot=0)
+    assert np.abs(logits[:, 1] - logits[:, 0]).max() < 30  # no probability rounds to 1: the ranking is all there
+    assert with_t["accuracy"] == without["accuracy"] == pytest.approx(result["test"]["accuracy"])
+    assert with_t["auc"] == pytest.approx(without["auc"], abs=1e-12) == pytest.approx(result["test"]["auc"])
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+
+
+def test_test_ece_does_not_get_worse_on_phantoms(trained):
+    root, _, result = trained
+    saved = read(root / "run" / "metrics.json")
+    for split in ("valid", "test"):
+        c = saved[split]["calibration"]
+        assert c["ece"] is not None and c["before"]["ece"] is not None and len(c["bins"]) == cal.N_BINS
+    assert saved["valid"]["calibration"]["nll"] <= saved["valid"]["calibration"]["before"]["nll"] + 1e-9  # fitted there
+    assert saved["test"]["calibration"]["ece"] <= saved["test"]["calibration"]["before"]["ece"]
+    report = (root / "run" / "report.md").read_text()
+    assert "## Calibration" in report and "ECE before" in report and "](reliability_test.png)" in report
+    assert (root / "run" / "reliability_test.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_binary_operating_point_is_the_models_decision(trained):
+    root, _, result = trained
+    meta = read(root / "run" / "model" / "model.json")
+    op = meta["operating_point"]
+    assert op["target_sensitivity"] == 0.95 and op["chosen_on"] == "valid"
+    assert op["valid"]["sensitivity"] >= 0.95 and op["test"]["specificity"] is not None
+    assert meta["thresholds"] == {"positive": op["threshold"]} == result["thresholds"]
+    assert result["test"]["decision"] == f"p(Pneumonia) >= {op['threshold']}"
+    report = (root / "run" / "report.md").read_text()
+    assert "Operating point: target sensitivity 0.95" in report and "specificity at 0.5" in report
+
+
+def test_card_written_by_train_and_extended_by_evaluate(trained, tmp_path, capsys):
+    from cxr_fast.cli import main
+    from cxr_fast.table import build_table
+    root, table, _ = trained
+    mdir = root / "run" / "model"
+    card = (mdir / "MODEL_CARD.md").read_text()
+    meta = read(mdir / "model.json")
+    assert "NOT A MEDICAL DEVICE" in card and "random initialisation" in card and "phantom" in card
+    assert "| Pneumonia |" in card and "by patient, stratified" in card and "T = " in card and "None yet" in card
+    assert meta["card"]["disclaimer"].startswith("NOT A MEDICAL DEVICE") and meta["card"]["external_evaluations"] == []
+    other = tmp_path / "other"
+    build_table("phantom", other, "binary", patients_per_class=3, image_size=48, seed=5)  # generates the images
+    assert main(["evaluate", str(root / "run"), "phantom", str(other), "--out", str(tmp_path / "e1"), "--n-boot", "0",
+                 "--gradcam", "0", "--patients-per-class", "3", "--image-size", "48"]) == 0
+    assert "added this evaluation to the model card" in capsys.readouterr().out
+    metrics = read(tmp_path / "e1" / "metrics.json")
+    assert metrics["test"]["calibration"]["before"]["ece"] is not None and "operating_point" in metrics
+    meta = read(mdir / "model.json")
+    assert len(meta["evaluations"]) == 1 and meta["evaluations"][0]["n"] == metrics["test"]["n"]
+    card = (mdir / "MODEL_CARD.md").read_text()
+    assert "None yet" not in card and "phantom:other" in card and str(tmp_path / "e1" / "report.md") in card
+    assert "## Calibration" in (tmp_path / "e1" / "report.md").read_text()
