@@ -84,7 +84,7 @@ def nll(logits, y, multilabel, temperature=1.0):
 
 
 def _fit_one(loss):
-    "The T in T_BOUNDS minimising loss(T) (bounded Brent on log T; the NLL is convex in 1/T)."
+    "The T in T_BOUNDS minimising loss(T) (bounded Brent on log T; the NLL is convex in 1/T), never worse than T = 1."
     from scipy.optimize import minimize_scalar
     lo, hi = (math.log(b) for b in T_BOUNDS)
     res = minimize_scalar(lambda lt: loss(math.exp(lt)), bounds=(lo, hi), method="bounded",
@@ -93,15 +93,31 @@ def _fit_one(loss):
     return t if loss(t) <= loss(1.0) else 1.0  # never worse than no scaling on the data it was fitted on
 
 
-def fit_temperature(logits, y, multilabel):
+def fit_temperature(logits, y, multilabel, notes=None, names=None):
     """T minimising the NLL of logits / T on (valid) data: a float (softmax), or a list with one T per label
-    (sigmoid; 1.0 for a label without both positives and negatives)."""
+    (sigmoid; 1.0 for a label without both positives and negatives).
+
+    When every image is on the right side (softmax: the top class is the label; sigmoid: positives have a positive
+    logit, negatives a negative one) the NLL keeps falling as T -> 0 and says nothing about how sure the model should
+    be: T stays 1 (no sharpening) and `notes` (a list) gets a line saying so."""
     logits, y = np.asarray(logits, dtype=np.float64), np.asarray(y)
-    if not multilabel: return _fit_one(lambda t: nll(logits, y, False, t))
+    notes = [] if notes is None else notes
+    separated = "every image of the fitting split is on the right side, so its NLL keeps falling as T -> 0: no sharpening"
+    if not multilabel:
+        if (logits.argmax(axis=1) == y).all():
+            notes.append(f"T = 1: {separated}")
+            return 1.0
+        return _fit_one(lambda t: nll(logits, y, False, t))
     out = []
     for c in range(logits.shape[1]):
         col, yc = logits[:, [c]], y[:, [c]]
-        out.append(_fit_one(lambda t: nll(col, yc, True, t)) if 0 < yc.sum() < len(yc) else 1.0)
+        if not 0 < yc.sum() < len(yc):
+            out.append(1.0)
+        elif ((col > 0) == (yc == 1)).all():
+            notes.append(f"{names[c] if names else f'label {c + 1}'}: T = 1: {separated}")
+            out.append(1.0)
+        else:
+            out.append(_fit_one(lambda t: nll(col, yc, True, t)))
     return out
 
 
@@ -216,7 +232,9 @@ def calibrate_splits(logits, ys, classes, multilabel, calibrate=True, fit_split=
         elif not multilabel and len(np.unique(ys[fit_split])) < 2:
             note = f"the {fit_split} split has one class only: no temperature fitted"
         else:
-            temperature = fit_temperature(logits[fit_split], ys[fit_split], multilabel)
+            fit_notes = []
+            temperature = fit_temperature(logits[fit_split], ys[fit_split], multilabel, fit_notes, classes)
+            if fit_notes: note = "; ".join(fit_notes)
     t_vec = temperature_vector(temperature, classes, multilabel)
     probs = {s: apply_temperature(z, t_vec, multilabel) if temperature is not None else raw[s] for s, z in logits.items()}
     summary = {"method": "temperature scaling" if temperature is not None else "none", "n_bins": n_bins}
@@ -270,6 +288,7 @@ def report_lines(result):
     if scaled:
         t = entry["temperature"]
         shown = ", ".join(f"{c} {v:.3f}" for c, v in t.items()) if isinstance(t, dict) else f"{t:.3f}"
+        if entry.get("note"): lines += [f"Note: {entry['note']}.", ""]
         lines += [f"Temperature scaling fitted on the {entry.get('fitted_on', 'valid')} split"
                   + (f" ({entry['n_fit']} images)" if entry.get("n_fit") else "") + f": T = {shown} (logits divided "
                   f"by T; T > 1 softens overconfident probabilities, T < 1 sharpens). The metrics above and `predict` "

@@ -45,6 +45,17 @@ def test_an_underconfident_model_is_sharpened():
     assert 0.25 < t < 0.45
 
 
+def test_a_perfectly_separated_fitting_split_is_not_sharpened():
+    z, y = toy(n=300, seed=9)
+    right = z + 6 * np.eye(3)[z.argmax(1)]  # every image's top class is its label
+    notes = []
+    assert cal.fit_temperature(right, z.argmax(1), False, notes) == 1.0 and "no sharpening" in notes[0]
+    _, summary = cal.calibrate_splits({"valid": right}, {"valid": z.argmax(1)}, CLASSES3, False)
+    assert summary["temperature"] == 1.0 and "T -> 0" in summary["note"]
+    assert "Note: T = 1" in "\n".join(cal.report_lines({"valid": {"calibration": cal.split_calibration(summary, "valid")},
+                                                         "calibration": cal.model_entry(summary)}))
+
+
 def test_scaling_keeps_accuracy_and_auc():
     # binary softmax: argmax, the disease-class ranking (AUC) and decisions at 0.5 are unchanged
     z, y = toy(n=500, n_classes=2, seed=2)
