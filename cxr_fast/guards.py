@@ -109,17 +109,21 @@ def pixel_warnings(gray):
 
 def raster_colour_warnings(img):
     "A warning for a strongly coloured PIL image (any mode; gray modes are never coloured)."
-    if img.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1"): return []
+    if img.mode in GRAY_MODES: return []
     thumb = img.convert("RGB")
     thumb.thumbnail((THUMB, THUMB))
     score = colourfulness(np.asarray(thumb))
     return [f"strongly coloured image (colourfulness {score:.0f}; an X-ray is gray)"] if score > COLOURFUL else []
 
 
+GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1")
+
+
 def raster_warnings(path):
-    "Warnings from a JPEG/PNG/...'s size and colour (reads a small draft of the file)."
+    "Warnings from a JPEG/PNG/...'s size (header) and colour (pixels decoded only for a colour mode; JPEG as a draft)."
     with Image.open(path) as img:
         out = shape_warnings(*img.size)
+        if img.mode in GRAY_MODES: return out
         if img.format == "JPEG": img.draft("RGB", (THUMB * 2, THUMB * 2))
         img.load()
         out += raster_colour_warnings(img)
