@@ -129,13 +129,15 @@ def main():
     p.add_argument("--batches", type=int, default=6, help="timed batches + 1 warm-up")
     p.add_argument("--json", required=True)
     p.add_argument("--workers", type=int, default=None, help="cxr_fast cases: DataLoader workers (default: blocks' choice)")
+    p.add_argument("--cache-dir", default=None, help="cxr_fast cases: a decoded-image cache kept across cases (default: a temporary one)")
     a = p.parse_args()
     from cxr_fast.machine import machine_info, set_threads
     threads = set_threads()  # capped at the usable cores, as train does
     result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": threads}
     name = a.case.removesuffix("_avx2")
     precision = next((q for q in ("bf16", "auto", "fp32") if f"_{q}" in name), "fp32")
-    with tempfile.TemporaryDirectory() as cache_dir:
+    with tempfile.TemporaryDirectory() as tmp_cache:
+        cache_dir = a.cache_dir or tmp_cache
         if name.startswith("bare"):
             result["img_per_s"] = run_bare(a.size, a.bs, precision == "bf16", a.batches, name.endswith("_cl"))
             result["precision"] = {"name": precision, "channels_last": name.endswith("_cl"), "how": "torch.autocast"}
