@@ -337,9 +337,9 @@ def operating_point_lines(op):
     test = op.get("test")
     base = op["at_default"].get("test", {})
     if test and test.get("specificity") is not None and base.get("specificity") is not None:
-        lines += ["", f"On test this operating point costs {base['specificity'] - test['specificity']:+.3f} specificity "
-                      f"(from {base['specificity']:.3f} at {op['default_threshold']} to {test['specificity']:.3f}) for "
-                      f"sensitivity {_fmt(test['sensitivity'])}."]
+        lines += ["", f"On test this operating point gives specificity {test['specificity']:.3f} (at "
+                      f"{op['default_threshold']}: {base['specificity']:.3f}) for sensitivity {_fmt(test['sensitivity'])} "
+                      f"(at {op['default_threshold']}: {_fmt(base.get('sensitivity'))})."]
     return lines + [""]
 
 

@@ -138,7 +138,7 @@ def test_sensitivity_operating_point():
     assert op["threshold"] == pytest.approx(0.25) and op["valid"]["sensitivity"] == 1.0
     assert op["at_default"]["valid"]["specificity"] == pytest.approx(0.8)
     text = "\n".join(cal.operating_point_lines(op))
-    assert "target sensitivity 0.95" in text and "costs" in text
+    assert "target sensitivity 0.95" in text and "gives specificity" in text
 
 
 def test_reliability_diagram_is_drawn(tmp_path):
