@@ -1,7 +1,7 @@
 """Predict images with a saved model: batched, decoding in parallel with the model, no Learner per image.
 
     model = cxr_fast.load_model("runs/r18/model")        # a Predictor (safe: no pickle is run)
-    df = model.predict(["a.png", "scans/", "test/*.jpeg"])  # path, pred, p_<class>..., error
+    df = model.predict(["a.png", "scans/", "test/*.jpeg"])  # path, pred, p_<class>..., error, warning
     df = cxr_fast.predict("runs/r18/model", "test/", tta=True, out="preds.csv")
 
 Preprocessing is the training pipeline's valid-time path, reproduced exactly: `images.load_image`
@@ -453,7 +453,7 @@ def predict(model_dir, inputs, out=None, gradcam=None, tta=False, threshold=None
             workers=None, bf16=None):
     """Predict images, folders (recursive), globs or CSVs of paths with a model dir (or a loaded Predictor).
 
-    Returns the DataFrame (path, pred, p_<class>..., error); `out` and `submission` also write CSVs.
+    Returns the DataFrame (path, pred, p_<class>..., error, warning); `out` and `submission` also write CSVs.
     precision: auto/fp32/bf16/fp16 (precision.py; bf16: deprecated alias); engine: torch or onnx (`int8`)."""
     set_threads()  # torch threads capped at this machine's usable cores
     predictor = model_dir if isinstance(model_dir, Predictor) else Predictor.from_dir(
@@ -493,7 +493,9 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, thres
                     channels_last=None, device=None, workers=None, bf16=None):
     """Predict images, folders (recursive), globs, or a CSV with a `path` column.
 
-    Writes path, pred, p_<class>..., error to --out (or prints a table). --tta averages over the plain image
+    Writes path, pred, p_<class>..., error, warning (the input guard's: another modality, body part or view,
+    colour, an odd shape, a blank image; still predicted) to --out (or prints a table); the model card's path goes
+    to stderr. --tta averages over the plain image
     and 5 mild zoom/shift views (no flips); --threshold T (or 'class=t,...') overrides model.json's
     thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
     heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
