@@ -10,7 +10,6 @@ image size, resize method, preprocessing, normalisation, thresholds) travels ins
 beside it, the weights' SHA-256 recorded at export and the description must match (a stale export is
 refused, not used).
 """
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import CxrError, ModelFormatError
+from .modelio import file_sha256
 
 ENGINES = ("torch", "onnx")
 ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
@@ -36,14 +36,6 @@ def require_onnxruntime():
         raise CxrError("the onnx engine needs onnxruntime: pip install 'cxr_fast[onnx]' "
                        "(onnx, onnxruntime, onnxscript)") from None
     return onnxruntime
-
-
-def file_sha256(path):
-    "SHA-256 of a file's bytes (the weights an export came from)."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 
 def onnx_path(model_dir, int8=False):

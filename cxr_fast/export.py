@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from .args import as_bool, as_int
-from .engines import INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, file_sha256, require_onnxruntime
+from .engines import INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, require_onnxruntime
+from .modelio import file_sha256
 from .errors import CxrError
 from .table import write_atomic
 

@@ -5,6 +5,7 @@
     MODEL_DIR/export.pkl   optional fastai export, read only when explicitly allowed (it runs pickled code)
     MODEL_DIR/MODEL_CARD.md  the model card (card.py), rewritten from model.json whenever it changes
 """
+import hashlib
 import json
 import pickle
 import re
@@ -21,6 +22,14 @@ from .version import __version__
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "head", "n_out", "classes", "task", "multilabel", "img_size", "normalize")
 PICKLE_NAME = "export.pkl"
+
+
+def file_sha256(path):
+    "SHA-256 of a file's bytes, in hex (weights provenance, the weights an export came from)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
 
 
 def locate_model_dir(path):

@@ -12,7 +12,6 @@
 Nothing is ever silently trained from scratch: when no source is there, `resolve_pretrained` raises a
 WeightsError that names the file, package or option that would fix it.
 """
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -28,7 +27,7 @@ import torch
 from torchvision import models as tvm
 
 from .errors import WeightsError
-from .modelio import find_model_dir, read_model_json
+from .modelio import file_sha256, find_model_dir, read_model_json
 from .models import TORCHVISION, XRV_WEIGHTS, arch_info, import_xrv, named_body, xrv_body
 
 PIP_WEIGHTS = {  # timm arch -> (pip distribution, module, class with get_model_file_path): ImageNet-1k checkpoints
@@ -48,14 +47,6 @@ class Source:
 
 
 # ---- small helpers ---------------------------------------------------------------------------
-
-def file_sha256(path):
-    "The sha256 of a file, in hex."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
-
 
 def file_record(path, **extra):
     "Provenance of a weights file: its path and sha256, plus `extra`."
