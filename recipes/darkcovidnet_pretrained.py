@@ -13,7 +13,7 @@ from cxr_fast.training import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings
-BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head_epochs=2, head_lr=1e-2, epochs=10,
+BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head_epochs=2, head_lr=1e-2, epochs=6,
             lr=2e-3, opt="adamw", aug="cxr", preprocessing="none", loss="ce", label_smoothing=0.1, train_bn=False,
             cache=True, monitor="valid_loss")
 
