@@ -217,6 +217,14 @@ def test_user_errors_are_one_line_with_what_to_do(capsys, tmp_path):
     assert "--epochs must be an integer" in err
 
 
+def test_a_recipe_without_offline_weights_says_so_and_names_the_pip_ones(capsys, folders_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_FAST_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    err = one_line_error(capsys, ["recipe", "densenet121-3class", "--data", str(folders_root), "--out", str(tmp_path / "o")])
+    assert "densenet121" in err and "--arch tf_efficientnet_lite0" in err and "--pretrained false" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_recipe_help_lists_parameters(capsys):
     assert main(["recipe", "densenet121-siim", "--help"]) == 0
     out = capsys.readouterr().out
