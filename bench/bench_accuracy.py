@@ -58,6 +58,31 @@ def experiment_config(name, task, overrides):
     return darkcovidnet_pretrained.fit_config(variant or "best", task, **overrides)
 
 
+def fold_row(k, metrics, train_s):
+    "One fold's test results: at the model's decision, and at argmax / 0.5 (the paper's rule) when they differ."
+    test = metrics["test"]
+    row = {"fold": k, "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
+           "macro_f1": test["macro_f1"], "covid_sensitivity": covid_sensitivity(test), "n_test": test["n"],
+           "train_s": round(train_s, 1), "decision": test.get("decision")}
+    at_default = ((metrics.get("operating_point") or {}).get("at_default") or {}).get("test")
+    if at_default:  # binary with an operating point: accuracy at the default 0.5 threshold as well
+        n_pos, n_neg = at_default["n_positive"], at_default["n_negative"]
+        row["accuracy_at_0.5"] = (at_default["sensitivity"] * n_pos + at_default["specificity"] * n_neg) / (n_pos + n_neg)
+        row["covid_sensitivity_at_0.5"] = at_default["sensitivity"]
+    return row
+
+
+def collect_task(task, out_dir, folds):
+    "Rows of the folds already trained under out_dir (an interrupted benchmark); time: config.json to metrics.json."
+    rows = []
+    for k in range(folds):
+        run = out_dir / f"{task}-fold{k}"
+        if not (run / "metrics.json").is_file(): continue
+        train_s = (run / "metrics.json").stat().st_mtime - (run / "config.json").stat().st_mtime
+        rows.append(fold_row(k, json.loads((run / "metrics.json").read_text()), train_s))
+    return rows
+
+
 def run_task(task, data, out_dir, args, config):
     table = build_table("folders", data, "folders", valid_pct=0, classes=darkcovidnet_scratch.TASK_CLASSES[task],
                         dedup="off")
@@ -66,22 +91,21 @@ def run_task(task, data, out_dir, args, config):
         if args.only_fold is not None and k != args.only_fold: continue
         t0 = time.time()
         res = train(table=fold, out=out_dir / f"{task}-fold{k}", overwrite=True, seed=args.seed + k, **config)
-        test = res["test"]
-        rows.append({"fold": k, "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
-                     "macro_f1": test["macro_f1"], "covid_sensitivity": covid_sensitivity(test),
-                     "n_test": test["n"], "train_s": round(time.time() - t0, 1)})
+        rows.append(fold_row(k, res, time.time() - t0))
         print(json.dumps({"task": task, **rows[-1]}), flush=True)
     return summarize_folds(rows, task)
 
 
 def summarize_folds(rows, task):
     "Mean, spread and COVID-19 sensitivity over the folds."
+    at_half = [r["accuracy_at_0.5"] for r in rows if "accuracy_at_0.5" in r]
+    extra = {"accuracy_at_0.5_mean": float(np.mean(at_half))} if len(at_half) == len(rows) else {}
     acc = np.array([r["accuracy"] for r in rows])
     sens = np.array([r["covid_sensitivity"] for r in rows if r["covid_sensitivity"] is not None])
     return {"folds": rows, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
             "covid_sensitivity_mean": float(sens.mean()) if len(sens) else None,
-            "train_minutes_total": round(sum(r["train_s"] for r in rows) / 60, 1), "paper": PAPER[task]}
+            "train_minutes_total": round(sum(r["train_s"] for r in rows) / 60, 1), "paper": PAPER[task], **extra}
 
 
 def markdown(results):
@@ -91,7 +115,8 @@ def markdown(results):
     for name, exp in results["experiments"].items():
         for task, r in exp["tasks"].items():
             sens = f"{r['covid_sensitivity_mean']:.3f}" if r["covid_sensitivity_mean"] is not None else "-"
-            lines.append(f"| {name} | {task} | {len(r['folds'])} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} "
+            at_half = f" (at 0.5: {r['accuracy_at_0.5_mean']:.4f})" if "accuracy_at_0.5_mean" in r else ""
+            lines.append(f"| {name} | {task} | {len(r['folds'])} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}{at_half} "
                          f"| {r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} | {sens} | {r['paper']:.4f} "
                          f"| {r['train_minutes_total']} min | {exp['machine_summary']} |")
     lines += ["", "Configurations:", ""]
@@ -135,6 +160,7 @@ def main():
     p.add_argument("--only-fold", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", action="append", default=[], help="override a config key, e.g. --set epochs=20")
+    p.add_argument("--collect", action="store_true", help="summarise the folds already trained under --runs, train none")
     a = p.parse_args()
     if not Path(a.data).is_dir(): sys.exit(f"DarkCovidNet not found at {a.data}; give --data")
     overrides = {}
@@ -147,8 +173,9 @@ def main():
         exp.update(machine=machine_info(), config={t: experiment_config(name, t, overrides) for t in a.tasks.split(",")})
         exp["machine_summary"] = machine_summary(exp["machine"])
         for task in a.tasks.split(","):
-            exp["tasks"][task] = run_task(task, Path(a.data), Path(a.runs) / name.replace(":", "-"), a,
-                                          exp["config"][task])
+            runs = Path(a.runs) / name.replace(":", "-")
+            exp["tasks"][task] = (summarize_folds(collect_task(task, runs, a.folds), task) if a.collect
+                                  else run_task(task, Path(a.data), runs, a, exp["config"][task]))
             write_results(a.out, results)  # after every task: an interrupted benchmark keeps what it measured
     print(markdown(results))
 
