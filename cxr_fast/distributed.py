@@ -26,7 +26,10 @@ import sys
 from contextlib import contextmanager
 
 import torch
+from fastai.learner import AvgMetric
+from fastai.metrics import AccumMetric
 
+from .args import as_bool, as_int
 from .errors import CxrError
 
 INSTALL_HINT = "distributed training needs Hugging Face Accelerate: pip install 'cxr_fast[distributed]'"
@@ -54,7 +57,7 @@ def is_main():
 
 def _require_accelerate():
     try:
-        import accelerate  # noqa: F401
+        import accelerate  # noqa: F401  (the `distributed` extra: only a launch of several processes needs it)
     except ImportError:
         raise CxrError(INSTALL_HINT) from None
 
@@ -63,7 +66,7 @@ def state():
     """Accelerate's process state, set up once per process (the process group; on CUDA, this process's GPU as
     the current device, so DataLoaders built afterwards land on it). CPU processes use gloo."""
     _require_accelerate()
-    from accelerate import PartialState
+    from accelerate import PartialState  # the `distributed` extra (checked just above)
     return PartialState(cpu=not torch.cuda.is_available())
 
 
@@ -128,7 +131,7 @@ def trainer_callbacks(sync_bn=False):
 def data_parallel_trainer(sync_bn=False):
     "fastai's DistributedTrainer with gloo-safe DataLoaders and Accelerator(cpu=True) when CUDA is absent."
     _require_accelerate()
-    from fastai.distributed import DistributedDL, DistributedTrainer
+    from fastai.distributed import DistributedDL, DistributedTrainer  # imports accelerate (checked just above)
 
     class GlooDistributedDL(DistributedDL):
         "DistributedDL whose index broadcast uses a CPU tensor with gloo (fastai's is CUDA-only, for nccl)."
@@ -161,15 +164,12 @@ def whole_set_metric(metric):
     """An `AvgMetric` (fastai's accuracy: per-process means averaged over a valid set padded to a multiple of the
     process count) as an `AccumMetric` of the same name: computed once on every process's predictions, gathered
     with the padding removed. Other metrics (AccumMetric: F1, AUC) already are."""
-    from fastai.learner import AvgMetric
-    from fastai.metrics import AccumMetric
     if type(metric) is not AvgMetric: return metric
     return AccumMetric(metric.func, flatten=False, name=metric.name)
 
 
 def whole_set_loss(learn):
     "The recorder's valid loss as the loss function over every process's gathered predictions (padding removed)."
-    from fastai.metrics import AccumMetric
     device = learn.dls.device
 
     def loss(preds, targs):
@@ -188,7 +188,6 @@ def launch_command(argv, num_processes, python=sys.executable):
 
 def num_processes_option(value):
     "--distributed N (N >= 2), or true: one process per GPU (at least 2), or 2 CPU processes without CUDA."
-    from .args import as_bool, as_int
     if value is None or value is False: return 0
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off"):
         if not as_bool(value, "distributed"): return 0

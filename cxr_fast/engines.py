@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import CxrError, ModelFormatError
+from .machine import default_threads
 from .modelio import file_sha256
 
 ENGINES = ("torch", "onnx")
@@ -31,7 +32,7 @@ CHECKED_KEYS = ("arch", "classes", "n_out", "multilabel", "img_size", "resize_me
 def require_onnxruntime():
     "onnxruntime, or a CxrError saying how to install it."
     try:
-        import onnxruntime
+        import onnxruntime  # the `onnx` extra: only the onnx engine and export need it
     except ImportError:
         raise CxrError("the onnx engine needs onnxruntime: pip install 'cxr_fast[onnx]' "
                        "(onnx, onnxruntime, onnxscript)") from None
@@ -69,7 +70,6 @@ def _meta_of(session, path):
 
 def session_options(threads=None):
     "onnxruntime options: every graph optimisation (constant folding, conv+BN+activation fusion), `threads` intra-op."
-    from .machine import default_threads
     ort = require_onnxruntime()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -18,6 +18,7 @@ epoch from scratch (many near-ties) this setting agreed on 97.7% of argmaxes aga
 ranges with everything quantised (the same 300 images, one comparison).
 """
 import json
+import logging
 import shutil
 import tempfile
 import warnings
@@ -27,9 +28,11 @@ import numpy as np
 import torch
 
 from .args import as_bool, as_int
-from .engines import INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, require_onnxruntime
-from .modelio import file_sha256
+from .engines import (INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, OnnxModule,
+                      require_onnxruntime)
 from .errors import CxrError
+from .inference import Predictor, collect_inputs
+from .modelio import file_sha256, find_model_dir, load_model_module
 from .table import write_atomic
 
 DEFAULT_OPSET = 18
@@ -64,7 +67,7 @@ def _torch_export(model, x, path, opset):
 
 def _with_metadata(src, dest, props):
     "Copy an ONNX file, adding string metadata (metadata_props); weights stay inline."
-    import onnx
+    import onnx  # the `onnx` extra: loaded only by an export
     proto = onnx.load(str(src))
     keep = [p for p in proto.metadata_props if p.key not in props]
     del proto.metadata_props[:]
@@ -76,13 +79,11 @@ def _with_metadata(src, dest, props):
 
 
 def _run(path, x):
-    from .engines import OnnxModule
     return OnnxModule(path)(x).numpy()
 
 
 def calibration_batches(model, meta, calibrate, n_images, batch_size=8):
     "Normalised float batches of up to `n_images` readable images from `calibrate`, preprocessed as predict does."
-    from .inference import Predictor, collect_inputs
     paths, _ = collect_inputs(calibrate)
     if not paths: raise CxrError(f"no calibration images found in {calibrate}")
     if len(paths) > n_images: paths = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, n_images)]
@@ -95,8 +96,8 @@ def calibration_batches(model, meta, calibrate, n_images, batch_size=8):
 
 def quantize_int8(fp32_path, dest, batches):
     "onnxruntime static int8 quantisation of the body (module docstring) calibrated on `batches`; writes `dest`."
-    import logging
     require_onnxruntime()
+    # onnxruntime (the `onnx` extra), whose presence require_onnxruntime just checked
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -131,7 +132,6 @@ def _softmax_or_sigmoid(logits, multilabel):
 def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_images=128, opset=DEFAULT_OPSET):
     """Export a model dir (or run dir) to OUT/model.onnx (default OUT: the model dir itself), and with `int8`
     to OUT/model.int8.onnx calibrated on `calibrate`. Returns a dict: paths, exporter, checks."""
-    from .modelio import find_model_dir, load_model_module
     require_onnxruntime()
     if int8 and not calibrate:
         raise CxrError("--int8 needs --calibrate IMAGES: some tens of representative images (files, a folder, "

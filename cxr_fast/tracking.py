@@ -25,6 +25,7 @@ Other code adds its own hooks to every `train()` inside a block: `with tracking_
 (`tune` adds its pruning callback that way; `recipe --tracker` sets the trackers of all its runs).
 """
 import contextvars
+import importlib.util
 import json
 import math
 import os
@@ -32,11 +33,17 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 from fastai.callback.core import Callback
+from fastai.callback.progress import CSVLogger
 from fastai.learner import Recorder
+from PIL import Image
 
 from .args import as_list
+from .distributed import is_main
 from .errors import CxrError
+from .table import write_atomic
 
 PACKAGES = {"csv": None, "tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 FIGURES = ("*.png",)
@@ -62,7 +69,6 @@ def require(name):
     "Fail before training when a tracker's package is missing, saying what to install."
     package = PACKAGES[name]
     if package is None: return
-    import importlib.util
     if importlib.util.find_spec(package) is None:
         raise CxrError(f"--tracker {name} needs the {package} package: pip install 'cxr_fast[track]' (or {package})")
 
@@ -89,7 +95,6 @@ def context_tracker():
 def run_hooks(run_dir, tracker=None, tracker_dir=None):
     """The hooks of one run: a Tracker per name (`tracker`, else the context's) and the context's other hooks.
     None in a process other than the main one of a distributed run."""
-    from .distributed import is_main
     if not is_main(): return []
     context = _CONTEXT.get()
     names = parse_trackers(tracker) if tracker is not None else (context["tracker"] or [])
@@ -215,7 +220,6 @@ class CsvTracker(Tracker):
     name = "csv"
 
     def callbacks(self):
-        from fastai.callback.progress import CSVLogger
         run_dir = self.run_dir
 
         class OneHeaderCSVLogger(CSVLogger):
@@ -233,8 +237,6 @@ class CsvTracker(Tracker):
         return [OneHeaderCSVLogger(self.run_dir.resolve() / "epochs.csv", append=True)]
 
     def finish(self, results):
-        import pandas as pd
-        from .table import write_atomic
         rows = [{"metric": k, "value": v} for k, v in final_metrics(results).items()]
         write_atomic(self.run_dir / "final_metrics.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
 
@@ -248,7 +250,7 @@ class TensorBoardTracker(Tracker):
         return self.tracker_dir / "tensorboard" / self.run_name
 
     def callbacks(self):
-        from fastai.callback.tensorboard import TensorBoardCallback
+        from fastai.callback.tensorboard import TensorBoardCallback  # imports tensorboard, the `track` extra
         steps_before = epochs_done(self.run_dir)
 
         class StagedTensorBoard(TensorBoardCallback):
@@ -271,9 +273,7 @@ class TensorBoardTracker(Tracker):
         return [StagedTensorBoard(str(self.log_dir))]
 
     def finish(self, results):
-        import numpy as np
-        from PIL import Image
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # needs tensorboard, the `track` extra
         config, metrics = read_config(self.run_dir), final_metrics(results)
         writer = SummaryWriter(log_dir=str(self.log_dir))
         try:
@@ -303,7 +303,7 @@ class MlflowTracker(Tracker):
     def _client(self):
         if self.client is None:
             if self.uri.startswith("file:"): os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # the `track` extra, after MLFLOW_ALLOW_FILE_STORE is set
             self.client = MlflowClient(tracking_uri=self.uri)
         return self.client
 
@@ -321,7 +321,7 @@ class MlflowTracker(Tracker):
     def start(self):
         "The MLflow run of this run folder: the one a resumed run started (RUN_DIR/mlflow_run.json), else a new one."
         if self.run_id is not None: return self.run_id
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # the `track` extra: only an mlflow tracker imports it
         client, marker = self._client(), self.run_dir / "mlflow_run.json"
         saved = json.loads(marker.read_text()) if marker.is_file() else {}
         if saved.get("uri") == self.uri and read_config(self.run_dir).get("resume"):
@@ -331,14 +331,13 @@ class MlflowTracker(Tracker):
         run = client.create_run(self._experiment_id(), run_name=self.run_name,
                                 tags={"cxr_fast.run_dir": str(self.run_dir.resolve())})
         self.run_id = run.info.run_id
-        from .table import write_atomic
         write_atomic(marker, lambda p: p.write_text(json.dumps({"uri": self.uri, "run_id": self.run_id})))
         params = [Param(k, v) for k, v in flat_config(read_config(self.run_dir)).items()]
         for i in range(0, len(params), 100): client.log_batch(self.run_id, params=params[i:i + 100])
         return self.run_id
 
     def log_epoch(self, step, values):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # the `track` extra
         now = int(time.time() * 1000)
         self._client().log_batch(self.start(), metrics=[Metric(k, v, now, step) for k, v in values.items()
                                                         if math.isfinite(v)])
@@ -352,7 +351,7 @@ class MlflowTracker(Tracker):
         return [MlflowEpochs(self.log_epoch, epochs_done(self.run_dir))]
 
     def finish(self, results):
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # the `track` extra
         client, run_id = self._client(), self.start()
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in final_metrics(results).items()])
@@ -378,7 +377,7 @@ class WandbTracker(Tracker):
     def start(self):
         "wandb.init for this run folder (once)."
         if self.run is not None: return self.run
-        import wandb
+        import wandb  # the `track` extra: only a wandb tracker imports it
         folder = self.tracker_dir
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=self.project, name=self.run_name, dir=str(folder),
@@ -386,7 +385,7 @@ class WandbTracker(Tracker):
         return self.run
 
     def callbacks(self):
-        from fastai.callback.wandb import WandbCallback
+        from fastai.callback.wandb import WandbCallback  # imports wandb, the `track` extra
         tracker = self
 
         class StartedWandb(WandbCallback):
@@ -404,7 +403,7 @@ class WandbTracker(Tracker):
         return [StartedWandb(log=None, log_preds=False, log_model=False)]
 
     def finish(self, results):
-        import wandb
+        import wandb  # the `track` extra: only a wandb tracker imports it
         run = self.start()
         run.summary.update(final_metrics(results))
         images = {f"figures/{p.stem}": wandb.Image(str(p)) for p in figures(self.run_dir)}

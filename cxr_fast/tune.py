@@ -42,13 +42,19 @@ import shlex
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastai.callback.core import Callback
 
 from .args import as_bool, as_choice, as_float, as_int, to_argv
 from .errors import CxrError
+from .evaluation import compare, compare_markdown
+from .recipes import get_recipe, resolve_args, run_recipe
+from .sources import get_source
+from .table import write_atomic
+from .tracking import epoch_log, epoch_ran, tracking_context
+from .training import train
+from .tune_space import Param, parse_space, suggest
 
 INSTALL_HINT = "tune needs Optuna: pip install 'cxr_fast[tune]'"
 DEFAULT_STORAGE = "sqlite:///runs/study.db"
@@ -59,148 +65,10 @@ EPOCH_METRIC = {"accuracy": "accuracy", "macro_f1": "f1_score", "exact_match": "
 def optuna_module():
     "optuna, or a one-line error saying how to install it."
     try:
-        import optuna
+        import optuna  # the `tune` extra: imported when a sweep runs, so `tune --help` works without it
     except ImportError:
         raise CxrError(INSTALL_HINT) from None
     return optuna
-
-
-# ---- the search space ------------------------------------------------------------------------
-
-@dataclass
-class Param:
-    "One dimension of the search space."
-    name: str
-    kind: str                      # float, int, categorical, fixed
-    low: float = None
-    high: float = None
-    log: bool = False
-    step: float = None
-    choices: list = field(default_factory=list)
-
-    def suggest(self, trial):
-        "This parameter's value for an Optuna trial."
-        if self.kind == "fixed": return self.choices[0]
-        if self.kind == "categorical": return trial.suggest_categorical(self.name, self.choices)
-        if self.kind == "int": return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1),
-                                                        log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def example(self):
-        "A value inside the space (to check the names and types before the first trial)."
-        if self.kind in ("fixed", "categorical"): return self.choices[0]
-        return int(self.low) if self.kind == "int" else float(self.low)
-
-
-def _number(text):
-    "A token as int or float when it reads as one, else the string."
-    text = str(text).strip()
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def range_param(name, low, high, log=False, step=None):
-    "A float or int range, checked (low < high; log ranges positive)."
-    where = f"--space {name}"
-    low, high = _number(low), _number(high)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
-        raise CxrError(f"{where}: a range needs two numbers, got {low!r}..{high!r}")
-    if not low < high: raise CxrError(f"{where}: the range {low}..{high} needs low < high")
-    if log and low <= 0: raise CxrError(f"{where}: a log range needs low > 0")
-    step = None if step is None else as_float(step, f"space {name} step", min_value=1e-300)
-    kind = "int" if _is_int(low) and _is_int(high) and (step is None or float(step).is_integer()) else "float"
-    return Param(name, kind, low, high, bool(log), step)
-
-
-def parse_entry(name, spec):
-    "One inline entry's SPEC: LO..HI[:log][:step=S], A|B|C, or VALUE."
-    spec = str(spec).strip()
-    if ".." in spec and "|" not in spec:
-        body, *flags = spec.split(":")
-        low, _, high = body.partition("..")
-        log, step = False, None
-        for flag in flags:
-            flag = flag.strip()
-            if flag == "log": log = True
-            elif flag.startswith("step="): step = flag[5:]
-            else: raise CxrError(f"--space {name}: unknown range flag {flag!r}; use :log or :step=S")
-        return range_param(name, low, high, log, step)
-    if "|" in spec:
-        choices = [_number(c) for c in spec.split("|")]
-        if any(c == "" for c in choices): raise CxrError(f"--space {name}: an empty choice in {spec!r}")
-        return Param(name, "categorical", choices=list(dict.fromkeys(choices)))
-    return Param(name, "fixed", choices=[_number(spec)])
-
-
-def from_mapping(mapping):
-    "A space from a dict (YAML/JSON file): {name: {low, high, log, step} | [choices] | value}."
-    space = {}
-    for name, spec in mapping.items():
-        name = str(name).replace("-", "_")
-        if isinstance(spec, dict):
-            unknown = set(spec) - {"low", "high", "log", "step", "choices"}
-            if unknown: raise CxrError(f"--space {name}: unknown keys {sorted(unknown)}; use low, high, log, step or choices")
-            if "choices" in spec: space[name] = Param(name, "categorical", choices=list(spec["choices"]))
-            else:
-                if "low" not in spec or "high" not in spec: raise CxrError(f"--space {name}: a range needs low and high")
-                space[name] = range_param(name, spec["low"], spec["high"], as_bool(spec.get("log", False), "log"),
-                                          spec.get("step"))
-        elif isinstance(spec, (list, tuple)):
-            if not spec: raise CxrError(f"--space {name}: an empty list of choices")
-            space[name] = Param(name, "categorical", choices=[_number(c) if isinstance(c, str) else c for c in spec])
-        else:
-            space[name] = Param(name, "fixed", choices=[spec])
-    return space
-
-
-def read_space_file(path):
-    "A YAML or JSON space file as a dict."
-    text = Path(path).read_text(encoding="utf-8")
-    if Path(path).suffix.lower() == ".json": data = json.loads(text)
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise CxrError(f"--space {path}: reading YAML needs pyyaml (pip install pyyaml), or give a .json file") from None
-        data = yaml.safe_load(text)
-    if isinstance(data, dict) and set(data) == {"space"}: data = data["space"]
-    if not isinstance(data, dict): raise CxrError(f"--space {path}: the file must hold a mapping of parameter names")
-    return data
-
-
-def parse_space(value):
-    "--space: a dict, a .yaml/.yml/.json file, or inline 'NAME=SPEC; NAME=SPEC' (module docstring) -> {name: Param}."
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise CxrError("--space is required: e.g. --space 'lr=1e-4..1e-2:log; epochs=1..5; aug=cxr|none'")
-    if isinstance(value, dict): space = from_mapping(value)
-    elif str(value).lower().endswith((".yaml", ".yml", ".json")):
-        if not Path(str(value)).is_file(): raise CxrError(f"--space {value}: file not found")
-        space = from_mapping(read_space_file(value))
-    else:
-        space = {}
-        for entry in (e.strip() for e in str(value).split(";")):
-            if not entry: continue
-            name, sep, spec = entry.partition("=")
-            if not sep or not name.strip(): raise CxrError(f"--space entry {entry!r}: write NAME=SPEC (lr=1e-4..1e-2:log)")
-            name = name.strip().replace("-", "_")
-            space[name] = parse_entry(name, spec)
-    if not space: raise CxrError("--space names no parameter")
-    return space
-
-
-def suggest(trial, space):
-    "{name: value} for one trial."
-    return {name: p.suggest(trial) for name, p in space.items()}
 
 
 # ---- what a trial runs -----------------------------------------------------------------------
@@ -214,7 +82,6 @@ class TrainTarget:
 
     def check(self, space):
         "Fail before any trial on a parameter train does not have (or one tune sets itself)."
-        from .training import train
         known = set(inspect.signature(train).parameters) - {"table", "cbs", "source_options", "out", "source", "root"}
         known |= source_options(self.source)
         for name in space:
@@ -224,7 +91,6 @@ class TrainTarget:
                                f"they have: {', '.join(sorted(known - {'task'}))}")
 
     def run(self, params, out):
-        from .training import train
         return train(self.source, self.root, self.task, out=out, **{**self.fixed, **params})
 
     def values(self, result, metric):
@@ -241,17 +107,14 @@ class TrainTarget:
 class RecipeTarget:
     "Trials of a recipe with fixed options; a trial's folder is the recipe's out."
     def __init__(self, name, **fixed):
-        from .recipes import get_recipe
         self.recipe = get_recipe(name)
         self.fixed = {k.replace("-", "_"): v for k, v in fixed.items()}
 
     def check(self, space):
-        from .recipes import resolve_args
         if "out" in space: raise CxrError("--space out: each trial's folder is chosen by tune (OUT/trial-NNNN)")
         resolve_args(self.recipe.name, self.recipe.load(), {**self.fixed, **{n: p.example() for n, p in space.items()}})
 
     def run(self, params, out):
-        from .recipes import run_recipe
         return run_recipe(self.recipe.name, **{**self.fixed, **params, "out": str(out)})
 
     def values(self, result, metric):
@@ -265,7 +128,6 @@ class RecipeTarget:
 
 def source_options(source):
     "The options the source(s) of SOURCE ('a+b' for several) take besides root, task and seed."
-    from .sources import get_source
     names = set()
     for name in str(source).split("+"):
         try:
@@ -301,7 +163,6 @@ class OptunaPruning(Callback):
         self.trial, self.monitor, self.sign, self.counter = trial, monitor, sign, counter
 
     def after_epoch(self):
-        from .tracking import epoch_log, epoch_ran
         if not epoch_ran(self.learn): return
         values = epoch_log(self.learn)
         value = values.get(self.monitor, values.get(f"{self.monitor}_multi"))  # accuracy: accuracy_multi when multi-label
@@ -313,8 +174,7 @@ class OptunaPruning(Callback):
         if not math.isfinite(value): return
         self.trial.report(self.sign * value, step)
         if self.trial.should_prune():
-            import optuna
-            raise optuna.TrialPruned(f"pruned at epoch {step + 1}: {self.monitor} {value:.4g}")
+            raise optuna_module().TrialPruned(f"pruned at epoch {step + 1}: {self.monitor} {value:.4g}")
 
 
 class PruningHook:
@@ -349,7 +209,7 @@ def open_storage(url, heartbeat=60):
     optuna = optuna_module()
     url = str(url)
     if url.startswith("journal:") or url.endswith((".log", ".journal")):
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # optuna: the `tune` extra
         path = Path(url.removeprefix("journal:").removeprefix("//")).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
@@ -392,7 +252,6 @@ def open_study(storage, name, direction, prune=True, sampler_seed=None):
 
 def claim_out(out, study_name, storage_url):
     "OUT/study.json: the folder belongs to one study (several workers of it may share it)."
-    from .table import write_atomic
     marker = Path(out) / "study.json"
     if marker.is_file():
         saved = json.loads(marker.read_text())
@@ -411,7 +270,6 @@ class TrialFailed(Exception):
 
 def make_objective(target, space, out, metric, direction, prune=True, prune_on=None, tracker=None, tracker_dir=None):
     "The Optuna objective: a run folder per trial, the valid `metric` of its result."
-    from .tracking import tracking_context
     monitor, sign = pruning_monitor(metric, direction, prune_on)
 
     def objective(trial):
@@ -480,8 +338,6 @@ def run_folders(study, out):
 
 def write_compare(folders, out):
     "OUT/compare.md: `compare` over the trials' run folders, each named by its path under OUT."
-    from .evaluation import compare, compare_markdown
-    from .table import write_atomic
     df = compare(*folders)
     df["run"] = [str(f.relative_to(out)) if f.is_relative_to(out) else str(f) for f in folders]
     write_atomic(out / "compare.md", lambda p: p.write_text(compare_markdown(df) + "\n"))
@@ -490,7 +346,6 @@ def write_compare(folders, out):
 
 def write_summary(study, out, target, metric):
     "trials.csv, compare.md, history.png, importance.png, best.json, best_command.txt in `out`; the summary dict."
-    from .table import write_atomic
     optuna = optuna_module()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -523,10 +378,9 @@ def write_summary(study, out, target, metric):
 
 def save_plot(plot, study, path):
     "An Optuna matplotlib plot as a PNG (atomic), its figure closed."
-    import matplotlib
+    import matplotlib  # pyplot picks a backend when imported: Agg first, and only when a summary draws a plot
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from .table import write_atomic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning for its matplotlib plots
         ax = plot(study)
