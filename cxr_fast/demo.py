@@ -26,7 +26,7 @@ def demo_plan(head_epochs, epochs, head_lr, lr):
     return f"head:{head_epochs}@{head_lr:g},all:{epochs}@{lr / 100:g}:{lr:g}"
 
 
-def demo(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, head_lr=1e-2, lr=2e-3,
+def demo(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, head_lr=1e-2, lr=2e-4,
          arch=DEMO_ARCH, pretrained=True, precision="auto", seed=0):
     """Generate phantoms in OUT/phantoms, fine-tune `arch` (ImageNet-pretrained unless pretrained=False) on them:
     the head first, then the whole network with discriminative learning rates; write OUT, return the metrics."""

@@ -15,13 +15,15 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from fastai.callback.training import BnFreeze, GradientClip
+from fastai.callback.core import Callback, TrainEvalCallback
+from fastai.callback.training import GradientClip
 from fastai.learner import Learner
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
 from fastai.optimizer import SGD
 from fastai.torch_core import TensorMultiCategory, set_seed
 from fastai.vision.all import imagenet_stats
 from fastcore.meta import delegates
+from torch import nn
 
 from . import distributed, tracking
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
@@ -67,6 +69,18 @@ def metric_names(multilabel):
     return ["valid_loss", "train_loss", "accuracy_multi" if multilabel else "accuracy", "f1_score"]
 
 
+class BodyBnStats(Callback):
+    """train_bn=False: the body's BatchNorm layers normalise with their running statistics in every stage (eval
+    mode); their weights train only where the body is unfrozen. fastai's BnFreeze does this for frozen layers only,
+    so unfreezing switched the body to the statistics of each small batch, and the head, trained on the other
+    features, saw its training loss jump (0.65 -> 2.80 on the demo's phantoms at lr 2e-4). The head's BatchNorm trains."""
+    order = TrainEvalCallback.order + 1  # after fastai has put the model in train mode
+
+    def before_train(self):
+        for m in self.learn.model[0].modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+
+
 @delegates(Learner.__init__)
 def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, loss_func=None, metrics=None,
                 **kwargs):
@@ -81,7 +95,7 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
     learn.start_weights = start_weights
-    if not kwargs.get("train_bn", True): learn.add_cb(BnFreeze())  # frozen BatchNorm keeps its statistics too
+    if not kwargs.get("train_bn", True): learn.add_cb(BodyBnStats())  # the body's BatchNorm keeps its statistics
     configure_progress(learn)  # one line per epoch when stdout is not a terminal (a log file, CI)
     if pretrained or weights: learn.freeze()
     return learn
