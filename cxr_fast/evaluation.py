@@ -203,7 +203,7 @@ def evaluation_extra(source, root, mapping, unknown_info, n_failed, n_seen):
 
 
 def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, split="all", n_boot=N_BOOT, seed=0,
-             bs=32, gallery_k=4, n_gradcam=8, **source_options):
+             bs=32, gallery_k=4, n_gradcam=8, precision="auto", **source_options):
     """Evaluate a trained model (model dir or run dir) on another labelled dataset; write metrics.json, figures
     and report.md under `out` (default: RUN_DIR/eval-<source>-<root name>) and return the metrics dict.
 
@@ -212,7 +212,7 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     split: 'all' (default) or one of the source's own splits (train/valid/test) to use."""
     source_options = typed_source_options(source, source_options)
     mdir = find_model_dir(model_dir)
-    predictor = Predictor.from_dir(mdir)
+    predictor = Predictor.from_dir(mdir, precision=precision)
     meta = predictor.meta
     model_classes, multilabel = [str(c) for c in meta["classes"]], bool(meta["multilabel"])
     table = load_table(source, root, task or default_task(source, meta), valid_pct=0, test_pct=0, seed=seed,
@@ -273,7 +273,7 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
 
 
 def evaluate_command(model_dir, source, root, task=None, out=None, classes=None, split="all", n_boot=N_BOOT, seed=0,
-                     bs=32, gradcam=8, **source_options):
+                     bs=32, gradcam=8, precision="auto", **source_options):
     """Evaluate a trained model on another labelled dataset: metrics with 95% CIs, figures, report.md.
 
     Args:
@@ -287,12 +287,13 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
       split: all, or only the source's own train / valid / test images
       n_boot: bootstrap resamples for the confidence intervals (0: none)
       gradcam: how many images get a Grad-CAM heatmap (0: none)
+      precision: auto (chosen by the machine), fp32, bf16 or fp16, as for predict
       source_options: source options, e.g. --kaggle-split false (coronahack)
     """
     result = evaluate(str(model_dir), str(source), str(root), task=task, out=out, classes=classes,
                       split=as_choice(split, ["all", "train", "valid", "test"], "split"), n_boot=as_int(n_boot, "n-boot", 0),
                       seed=as_int(seed, "seed"), bs=as_int(bs, "bs", 1), n_gradcam=as_int(gradcam, "gradcam", 0),
-                      **source_options)
+                      precision=str(precision), **source_options)
     print("\n".join(md_table(["split", "images", *[k.replace("_", " ") for k in HEADLINE]],
                               [["test", result["test"]["n"], *[with_ci(result["test"], k) for k in HEADLINE]]])))
     for name, info in result["unknown_classes"].items():

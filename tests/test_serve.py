@@ -364,10 +364,12 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _wait_state(driver, states, timeout=60):
+def _wait_state(driver, states, timeout=180):  # generous: a loaded 2-core CI machine
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.body.dataset.state") in states)
-    return driver.execute_script("return document.body.dataset.state")
+    def reached(d):  # the state that ended the wait (read once: a later request may already have started)
+        state = d.execute_script("return document.body.dataset.state")
+        return state if state in states else False
+    return WebDriverWait(driver, timeout).until(reached)
 
 
 def _page_probs(driver):
