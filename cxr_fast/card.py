@@ -44,15 +44,20 @@ def data_facts(table):
             "problems": {k: len(v) for k, v in kinds.items()}}
 
 
+def describe_provenance(record):
+    "One line: where the starting weights came from, from weights.py's provenance record (here: modelio -> card)."
+    if not record: return "not recorded"
+    parts = [str(record.get("source", "?"))]
+    parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir", "file") if record.get(k)]
+    if record.get("sha256"): parts.append(f"sha256 {record['sha256'][:16]}...")
+    if record.get("pretrained_on"): parts.append(f"pretrained on {record['pretrained_on']}")
+    return ", ".join(parts)
+
+
 def starting_weights(meta):
     "One line: where the body's starting weights came from (the `weights` provenance record when there is one)."
     record = meta.get("weights")
-    if isinstance(record, dict) and record:  # weights.py's provenance record (read here: modelio -> card, no cycle)
-        parts = [str(record.get("source", "?"))]
-        parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir", "file") if record.get(k)]
-        if record.get("sha256"): parts.append(f"sha256 {record['sha256'][:16]}...")
-        if record.get("pretrained_on"): parts.append(f"pretrained on {record['pretrained_on']}")
-        return ", ".join(parts)
+    if isinstance(record, dict) and record: return describe_provenance(record)
     if isinstance(record, str) and record: return record
     training = meta.get("training") or {}
     if training.get("weights"): return f"transferred from {training['weights']}"

@@ -9,7 +9,7 @@ import pandas as pd
 from . import calibration, plots
 from .metrics import HEADLINE, decisions, targets_of
 from .table import classes_of, format_problems, is_multilabel, summarize, write_atomic
-from .weights import describe_provenance
+from .card import describe_provenance
 
 
 # ---- figures -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from . import distributed, tracking
 from . import evaluation  # evaluation.evaluate_run, looked up at call time (tests replace it)
 from .args import as_bool, as_choice, as_float, as_int, as_list, to_argv
 from .blocks import AUG_PRESETS, get_dls
-from .card import data_facts
+from .card import data_facts, describe_provenance
 from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last, next_position,
                           resume_hook)
 from .data import load_table, typed_source_options
@@ -47,7 +47,7 @@ from .resize import RESIZE_METHODS
 from .table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table, write_atomic,
                     write_table)
 from .version import __version__
-from .weights import describe_provenance, ensure_pretrained_available, init_weights
+from .weights import ensure_pretrained_available, init_weights
 
 OPTIMIZERS = {  # name -> fastai optimizer; weight decay default when --wd is not given
     "adamw": (FastAdam, 0.01),                             # fastai's Adam (decoupled weight decay), fused step

@@ -27,7 +27,7 @@ import torch
 from torchvision import models as tvm
 
 from .errors import WeightsError
-from .modelio import file_sha256, find_model_dir, read_model_json
+from .modelio import file_sha256, find_model_dir, read_model_json, read_state_dict
 from .models import TORCHVISION, XRV_WEIGHTS, arch_info, import_xrv, named_body, xrv_body
 
 PIP_WEIGHTS = {  # timm arch -> (pip distribution, module, class with get_model_file_path): ImageNet-1k checkpoints
@@ -111,7 +111,7 @@ def timm_file_loader(arch, path, **record):
     def load(body):
         model = timm.create_model(arch, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(path)})
         load_checked(body.model, model.state_dict(), f"timm {arch} ({path})")
-        return file_record(path, source="timm", pretrained_on=record.pop("pretrained_on", "see timm model card"), **record)
+        return file_record(path, **{"source": "timm", "pretrained_on": "see timm model card", **record})
     return load
 
 
@@ -310,7 +310,7 @@ def model_dir_body(weights, arch):
     meta = read_model_json(mdir)
     if meta["arch"] != arch:
         raise WeightsError(f"{mdir} holds a {meta['arch']} model; cannot transfer its body to {arch}")
-    sd = load_state_dict_file(mdir / "model.pth")
+    sd = read_state_dict(mdir)  # modelio's reader: weights_only, one-line errors for a model.pth holding code
     record = file_record(mdir / "model.pth", source="cxr_fast model", model_dir=str(mdir), task=meta.get("task"),
                          classes=meta.get("classes"), trained_from=meta.get("weights"))
     return {k[2:]: v for k, v in sd.items() if k.startswith("0.")}, record
@@ -346,14 +346,3 @@ def init_weights(model, arch, pretrained=True, weights=None):
     if weights: return load_body_weights(model, arch, weights)
     if pretrained: return load_pretrained(model, arch)
     return {"source": "random initialisation (trained from scratch)", "arch": arch}
-
-
-def describe_provenance(record):
-    "One line for reports: where the starting weights came from."
-    if not record: return "not recorded"
-    parts = [record.get("source", "?")]
-    for key in ("package", "version", "weights", "hub_id", "model_dir", "file"):
-        if record.get(key): parts.append(f"{key} {record[key]}")
-    if record.get("sha256"): parts.append(f"sha256 {record['sha256'][:16]}...")
-    if record.get("pretrained_on"): parts.append(f"pretrained on {record['pretrained_on']}")
-    return ", ".join(parts)

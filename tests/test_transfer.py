@@ -108,3 +108,18 @@ def test_pretrained_resnet18_offline_fails_before_training_with_the_fix(table, t
     assert not (tmp_path / "r" / "history.csv").exists() and not root.exists()
     with pytest.raises(WeightsError):
         train(table=table, arch="resnet18", pretrained=True, out=tmp_path / "r2", size=32, bs=8)
+
+
+def test_transfer_from_one_of_our_models(table, dls, tmp_path):
+    "--weights RUN_DIR starts the body from a cxr_fast model of the same arch, and records it."
+    out = tmp_path / "source-run"
+    train(table=table, arch=LITE0, pretrained=False, out=out, epochs=1, size=32, bs=8, num_workers=0, aug="none")
+    learn = cxr_learner(dls, LITE0, pretrained=False, weights=str(out))
+    source = torch.load(out / "model" / "model.pth", weights_only=True)
+    body = learn.model[0].state_dict()
+    assert all(torch.equal(body[k[2:]], v) for k, v in source.items() if k.startswith("0."))
+    record = learn.start_weights
+    assert record["source"] == "cxr_fast model" and record["model_dir"] == str(out / "model")
+    assert record["trained_from"]["source"].startswith("random initialisation")
+    with pytest.raises(WeightsError, match="holds a tf_efficientnet_lite0 model"):
+        cxr_learner(dls, "resnet18", pretrained=False, weights=str(out))
