@@ -2,7 +2,8 @@
 
 Everything the server sends about an upload is put on the page with textContent (never as HTML); the model
 cards are HTML that serve.model_card_html escaped. Hooks for tests: body[data-state] is ready, busy, done or
-error; #message holds the error text; each result's rows are tr.prob[data-class][data-prob][data-threshold].
+error, and body[data-run] counts the analyses started (a newer one supersedes an older one still running);
+#message holds the error text; each result's rows are tr.prob[data-class][data-prob][data-threshold].
 """
 
 PAGE = r"""<!doctype html>
@@ -79,7 +80,7 @@ PAGE = r"""<!doctype html>
 </main>
 <script>
 "use strict";
-let INFO = null, LAST = null;
+let INFO = null, LAST = null, RUN = 0;
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs, ...children) {
@@ -146,6 +147,8 @@ function renderResult(r) {
 }
 
 async function analyse(blob, name) {
+  const run = ++RUN;  // answers of an analysis superseded by a newer one are dropped
+  document.body.dataset.run = String(run);
   LAST = {blob, name};
   showMessage("");
   $("#results").replaceChildren();
@@ -166,6 +169,7 @@ async function analyse(blob, name) {
     } catch (e) {
       r = {ok: false, error: "no answer from the server (is it still running?)"};
     }
+    if (run !== RUN) return;
     if (!r.ok) { showMessage(r.error); failed = true; break; }
     $("#results").append(renderResult(r));
   }
@@ -174,6 +178,7 @@ async function analyse(blob, name) {
 }
 
 async function useExample(i) {
+  setState("busy");
   const resp = await fetch("api/examples/" + i);
   if (!resp.ok) { showMessage("example " + i + " is not available"); setState("error"); return; }
   analyse(await resp.blob(), INFO.examples[i].filename);

@@ -364,11 +364,16 @@ def browser(tmp_path):
     driver.quit()
 
 
-def _wait_state(driver, states, timeout=180):  # generous: a loaded 2-core CI machine
+def _run(driver):
+    return int(driver.execute_script("return document.body.dataset.run || '0'"))
+
+
+def _wait_state(driver, states, after=None, timeout=180):  # generous: a loaded 2-core CI machine
+    """The state that ends the wait, of an analysis started after run number `after` (None: any)."""
     from selenium.webdriver.support.ui import WebDriverWait
-    def reached(d):  # the state that ended the wait (read once: a later request may already have started)
-        state = d.execute_script("return document.body.dataset.state")
-        return state if state in states else False
+    def reached(d):  # state and run read together: a later request may already have started
+        state, run = d.execute_script("return [document.body.dataset.state, document.body.dataset.run || '0']")
+        return state if state in states and (after is None or int(run) > after) else False
     return WebDriverWait(driver, timeout).until(reached)
 
 
@@ -390,8 +395,9 @@ def test_the_page_in_headless_chromium_matches_predict_and_shows_bad_input_messa
     assert "resnet18" in card and "Normal, Pneumonia, COVID-19" in card and "not a medical device" in card
 
     image = models["images"][2]
+    run = _run(browser)
     browser.find_element(By.ID, "file").send_keys(str(image))
-    assert _wait_state(browser, ("done", "error")) == "done", browser.find_element(By.ID, "message").text
+    assert _wait_state(browser, ("done", "error"), after=run) == "done", browser.find_element(By.ID, "message").text
     probs, preds = reference(models["tiny"], [image])
     shown = _page_probs(browser)
     assert list(shown) == ["Normal", "Pneumonia", "COVID-19"]
@@ -401,24 +407,28 @@ def test_the_page_in_headless_chromium_matches_predict_and_shows_bad_input_messa
         assert browser.execute_script(f"return document.querySelector('img.{cls}').naturalWidth") == 384
     browser.save_screenshot(str(tmp_path / "serve-result.png"))
 
+    run = _run(browser)
     select.select_by_visible_text("all models, side by side")
-    assert _wait_state(browser, ("done", "error")) == "done"
+    assert _wait_state(browser, ("done", "error"), after=run) == "done"
     columns = browser.find_elements(By.CSS_SELECTOR, "#results .result")
     assert [c.find_element(By.TAG_NAME, "h2").text for c in columns] == ["tiny", "multi"]
     thresholds = [r.get_attribute("data-threshold") for r in columns[1].find_elements(By.CSS_SELECTOR, "tr.prob")]
     assert [float(t) for t in thresholds] == list(ML_THRESHOLDS.values())
     browser.save_screenshot(str(tmp_path / "serve-side-by-side.png"))
 
+    run = _run(browser)
     select.select_by_index(0)
-    _wait_state(browser, ("done", "error"))
+    assert _wait_state(browser, ("done", "error"), after=run) == "done"
+    run = _run(browser)
     browser.find_element(By.CSS_SELECTOR, "button.example[data-example='1']").click()
-    assert _wait_state(browser, ("done", "error")) == "done"
+    assert _wait_state(browser, ("done", "error"), after=run) == "done"
     assert "phantom" in browser.find_element(By.CSS_SELECTOR, "#results figcaption").text
 
     bad = tmp_path / "notes.txt"
     bad.write_text("not an X-ray\n")
+    run = _run(browser)
     browser.find_element(By.ID, "file").send_keys(str(bad))
-    assert _wait_state(browser, ("done", "error")) == "error"
+    assert _wait_state(browser, ("done", "error"), after=run) == "error"
     message = browser.find_element(By.ID, "message")
     assert message.is_displayed() and "notes.txt: not an image" in message.text
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .result")
