@@ -166,7 +166,7 @@ def main():
     overrides = {}
     for item in a.set:
         key, _, value = item.partition("=")
-        overrides[key] = json.loads(value) if value[:1] in "0123456789-[{tfn\"" else value
+        overrides[key] = json_or_text(value)
     results = load_results(a.out, a.data)
     for name in a.experiments.split(","):
         exp = results["experiments"].setdefault(name, {"tasks": {}})
@@ -178,6 +178,14 @@ def main():
                                   else run_task(task, Path(a.data), runs, a, exp["config"][task]))
             write_results(a.out, results)  # after every task: an interrupted benchmark keeps what it measured
     print(markdown(results))
+
+
+def json_or_text(value):
+    "A --set value: JSON when it parses (2e-3, true, [..]), else the text itself (fp32, cxr)."
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def write_results(path, results):

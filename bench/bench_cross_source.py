@@ -3,7 +3,11 @@
 DarkCovidNet's Normal/Pneumonia images are adult NIH X-rays; CoronaHack's are pediatric X-rays from
 Guangzhou. A model that learned the disease should transfer; one that learned the source will not.
 
-    python bench/bench_cross_source.py --out bench/cross_source.json
+    python bench/bench_cross_source.py [--experiment scratch|pretrained] [--parts dark,hack,mixed]
+
+`scratch` is recipes/darkcovidnet_scratch.py's configuration (ResNet18 from random weights), `pretrained`
+recipes/darkcovidnet_pretrained.py's (EfficientNet-Lite0 from the pip-installed ImageNet weights, head first,
+then all layers). Each experiment's results go under its own key of --out; the other experiments' are kept.
 """
 import argparse
 import json
@@ -13,10 +17,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "recipes"))
-from darkcovidnet_scratch import BEST, TASK_CLASSES  # noqa: E402
+import darkcovidnet_pretrained  # noqa: E402
+import darkcovidnet_scratch  # noqa: E402
+from darkcovidnet_scratch import TASK_CLASSES  # noqa: E402
 
 from cxr_fast.data import load_table  # noqa: E402
 from cxr_fast.evaluation import evaluate  # noqa: E402
+from cxr_fast.jsonio import write_json  # noqa: E402
+from cxr_fast.machine import machine_info  # noqa: E402
 from cxr_fast.table import write_table  # noqa: E402
 from cxr_fast.training import train  # noqa: E402
 
@@ -34,6 +42,21 @@ def timed(fn, **kw):
     return out, round((time.time() - t) / 60, 1)
 
 
+def experiment_config(name):
+    "train() keywords of an experiment (the recipes' 3-class configurations; precision: auto)."
+    if name == "scratch": return {**darkcovidnet_scratch.BEST, "bf16": None}
+    if name == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class")
+    sys.exit(f"--experiment must be scratch or pretrained, got {name!r}")
+
+
+def load_results(path):
+    "Earlier results, as {experiment: {...}} (a file from before experiments were named holds `scratch`)."
+    if not Path(path).exists(): return {}
+    old = json.loads(Path(path).read_text())
+    if "experiments" in old: return old["experiments"]
+    return {"scratch": old}
+
+
 def main():
     p = argparse.ArgumentParser()
     shared = HERE.parents[1] / "shared" / "data"
@@ -43,32 +66,58 @@ def main():
     p.add_argument("--out", default=str(HERE / "cross_source.json"))
     p.add_argument("--hack-epochs", type=int, default=4)
     p.add_argument("--hack-size", type=int, default=128)
+    p.add_argument("--experiment", default="scratch", help="scratch or pretrained (the recipes' configurations)")
+    p.add_argument("--parts", default="dark,hack,mixed", help="which of the three parts to run, comma-separated")
+    p.add_argument("--preps", default="equalize,none", help="DarkCovidNet models' --preprocessing (part dark)")
     a = p.parse_args()
-    runs, res = Path(a.runs), {"settings": vars(a), "best": BEST}
+    best, parts = experiment_config(a.experiment), a.parts.split(",")
+    experiments = load_results(a.out)
+    res = experiments.setdefault(a.experiment, {})  # parts not run this time keep their earlier results
+    res.update(settings=vars(a), best=best, machine=machine_info())
+    runs = Path(a.runs) / a.experiment
+
+    def save():  # after every part: an interrupted benchmark keeps what it measured
+        write_json(Path(a.out), {"experiments": experiments})
+        print(json.dumps(res), flush=True)
 
     # 1. DarkCovidNet 3-class models (the recipe's configuration), with and without histogram equalisation,
     #    tested on CoronaHack's Kaggle TEST split (Normal vs Pneumonia; the model's Covid-19 answers count as wrong)
-    for prep in ("equalize", "none"):
-        cfg = {**BEST, "preprocessing": prep}
+    for prep in (a.preps.split(",") if "dark" in parts else []):
+        cfg = {**best, "preprocessing": prep}
         r, minutes = timed(train, source="folders", root=a.dark, task="folders", classes=TASK_CLASSES["3class"],
                            valid_pct=0.1, out=runs / f"dark-{prep}", overwrite=True, **cfg)
         ev = evaluate(runs / f"dark-{prep}", "coronahack", a.hack, task="normal-vs-pneumonia", split="test",
                       classes="Normal->No_findings,Pneumonia->Pneumonia", out=runs / f"dark-{prep}" / "on-coronahack")
         res[f"darkcovidnet[{prep}] -> coronahack test"] = {"in_source_valid": headline(r["valid"]),
                                                            "cross_source": headline(ev["test"]), "train_min": minutes}
-        print(json.dumps(res), flush=True)
+        save()
 
     # 2. The reverse: CoronaHack 3-class, tested on all of DarkCovidNet
-    hack_cfg = {**BEST, "size": a.hack_size, "epochs": a.hack_epochs}
+    hack_cfg = {**best, "size": a.hack_size, "epochs": a.hack_epochs}
+    if "plan" in best:  # the pretrained plan with the CoronaHack epochs: head 2, then all layers
+        hack_cfg["plan"] = darkcovidnet_pretrained.fit_config("best", "3class", epochs=a.hack_epochs)["plan"]
+    if "hack" in parts:
+        hack(a, runs, res, hack_cfg)
+        save()
+    if "mixed" in parts:
+        mixed(a, runs, res, hack_cfg)
+        save()
+    print(json.dumps(res, indent=1))
+
+
+def hack(a, runs, res, hack_cfg):
+    "CoronaHack 3-class, tested on all of DarkCovidNet."
     r, minutes = timed(train, source="coronahack", root=a.hack, task="3class", valid_pct=0.1,
                        out=runs / "hack-equalize", overwrite=True, **hack_cfg)
     ev = evaluate(runs / "hack-equalize", "folders", a.dark, task="folders", classes=DARK_TO_HACK,
                   out=runs / "hack-equalize" / "on-darkcovidnet")
-    res["coronahack[equalize] -> darkcovidnet all"] = {"in_source_test": headline(r["test"]),
-                                                        "cross_source": headline(ev["test"]), "train_min": minutes}
-    print(json.dumps(res), flush=True)
+    res[f"coronahack[{hack_cfg['preprocessing']}] -> darkcovidnet all"] = {"in_source_test": headline(r["test"]),
+                                                                      "cross_source": headline(ev["test"]),
+                                                                      "train_min": minutes}
 
-    # 3. Both sources mixed (one vocabulary), tested on each source's own held-out images
+
+def mixed(a, runs, res, hack_cfg):
+    "Both sources mixed (one vocabulary), tested on each source's own held-out images."
     both = load_table("coronahack+folders", f"{a.hack},{a.dark}", "3class,folders", valid_pct=0.1, test_pct=0.2,
                       classes=f";{DARK_TO_HACK}")
     r, minutes = timed(train, table=both, out=runs / "mixed", overwrite=True, **hack_cfg)
@@ -79,8 +128,6 @@ def main():
         ev = evaluate(runs / "mixed", "table", path, out=runs / "mixed" / f"on-{src}-test")
         per_source[src] = headline(ev["test"])
     res["mixed coronahack+darkcovidnet"] = {"per_source_test": per_source, "train_min": minutes}
-    Path(a.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

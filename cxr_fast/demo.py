@@ -36,7 +36,8 @@ def demo(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=
                         valid_pct=0.2, test_pct=0.2, seed=seed)
     plan = demo_plan(head_epochs, epochs, head_lr, lr) if pretrained else None
     return train(table=table, arch=arch, pretrained=pretrained, out=out, plan=plan, epochs=epochs + head_epochs,
-                 lr=lr, size=size, bs=16, seed=seed, overwrite=True, train_bn=False, precision=precision)
+                 lr=lr, size=size, bs=16, seed=seed, overwrite=True, train_bn=False, bn_stats="fixed",
+                 precision=precision)
 
 
 def demo_command(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, arch=DEMO_ARCH,

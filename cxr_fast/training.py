@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback, TrainEvalCallback
-from fastai.callback.training import GradientClip
+from fastai.callback.training import BnFreeze, GradientClip
 from fastai.learner import Learner
 from fastai.metrics import F1Score, F1ScoreMulti, accuracy, accuracy_multi
 from fastai.optimizer import SGD
@@ -69,11 +69,16 @@ def metric_names(multilabel):
     return ["valid_loss", "train_loss", "accuracy_multi" if multilabel else "accuracy", "f1_score"]
 
 
+BN_STATS = ("train", "frozen", "fixed")
+
+
 class BodyBnStats(Callback):
-    """train_bn=False: the body's BatchNorm layers normalise with their running statistics in every stage (eval
-    mode); their weights train only where the body is unfrozen. fastai's BnFreeze does this for frozen layers only,
-    so unfreezing switched the body to the statistics of each small batch, and the head, trained on the other
-    features, saw its training loss jump (0.65 -> 2.80 on the demo's phantoms at lr 2e-4). The head's BatchNorm trains."""
+    """bn_stats='fixed': the body's BatchNorm layers normalise with their pretrained running statistics in every
+    stage (eval mode), unfrozen ones too; their weights train where the body is unfrozen. With fastai's BnFreeze
+    ('frozen'), unfreezing switches the body to the statistics of each small batch and the head, trained on the
+    other features, saw the demo's training loss jump (0.65 -> 2.80 at lr 2e-4; 'fixed': 0.65 -> 0.35). Only for
+    gentle fine-tunes: at lr 2e-3 on the top groups, the unfrozen stage diverged on DarkCovidNet (valid accuracy to
+    0.11, one class, in fp32 and bf16) where 'frozen' and 'train' did not. The head's BatchNorm trains."""
     order = TrainEvalCallback.order + 1  # after fastai has put the model in train mode
 
     def before_train(self):
@@ -83,10 +88,13 @@ class BodyBnStats(Callback):
 
 @delegates(Learner.__init__)
 def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, loss_func=None, metrics=None,
-                **kwargs):
+                bn_stats=None, **kwargs):
     """A fastai Learner for `arch` (models.build_model + splitter_for): body frozen when it starts from
     pretrained weights (`pretrained`, see weights.py) or from `weights` (a weights file, or a cxr_fast model/run
-    dir to transfer from). `learn.start_weights` records where the body's weights came from."""
+    dir to transfer from). `learn.start_weights` records where the body's weights came from.
+    bn_stats: how BatchNorm running statistics behave: 'train' (they follow each batch: fastai's default),
+    'frozen' (frozen layers keep theirs: fastai's BnFreeze), 'fixed' (the body keeps its pretrained ones in every
+    stage: BodyBnStats); None: 'frozen' when train_bn=False, else 'train' (fastai's usual pairing)."""
     multilabel = (is_multilabel(dls.table) if hasattr(dls, "table")
                   else isinstance(dls.train_ds[0][1], TensorMultiCategory))
     model = build_model(arch, dls.c, head or default_head())
@@ -95,7 +103,9 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
     learn.start_weights = start_weights
-    if not kwargs.get("train_bn", True): learn.add_cb(BodyBnStats())  # the body's BatchNorm keeps its statistics
+    bn_stats = bn_stats or ("train" if kwargs.get("train_bn", True) else "frozen")
+    if bn_stats == "frozen": learn.add_cb(BnFreeze())
+    if bn_stats == "fixed": learn.add_cb(BodyBnStats())
     configure_progress(learn)  # one line per epoch when stdout is not a terminal (a log file, CI)
     if pretrained or weights: learn.freeze()
     return learn
@@ -193,6 +203,7 @@ def resolve_config(c):
         out[key] = None if c[key] is None else as_float(c[key], key.replace("_", "-"), low, high)
     out["hidden"] = None if c["hidden"] is None else as_list(c["hidden"], "hidden", int)
     out["opt"] = as_choice(c["opt"], OPTIMIZERS, "opt")
+    out["bn_stats"] = None if c["bn_stats"] is None else as_choice(c["bn_stats"], BN_STATS, "bn-stats")
     out["loss"] = as_choice(c["loss"], LOSSES, "loss")
     out["aug"] = as_choice(c["aug"], AUG_PRESETS, "aug")
     out["resize_method"] = as_choice(c["resize_method"], RESIZE_METHODS, "resize-method")
@@ -314,7 +325,8 @@ def build_learner(config, table, run_dir, cbs=None):
     head = default_head(config["hidden"], config["dropout"], config["concat_pool"])
     learn = cxr_learner(dls, config["arch"], head, config["pretrained"], config["weights"], loss_func=loss,
                         opt_func=opt_func, wd=default_wd if config["wd"] is None else config["wd"],
-                        train_bn=config["train_bn"], path=run_dir, model_dir="checkpoints", cbs=cbs)
+                        train_bn=config["train_bn"], bn_stats=config["bn_stats"], path=run_dir, model_dir="checkpoints",
+                        cbs=cbs)
     if config["clip"]: learn.add_cb(GradientClip(config["clip"]))
     p = resolve_precision(config["precision"], config["bf16"], config["mixed_precision"], device=dls.device or "cpu")
     apply_precision(learn, p)
@@ -337,9 +349,9 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
           calibrate=True, target_sensitivity=0.95,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
-          train_bn=True, precision=None, mixed_precision=None, bf16=None, cache=False, export_pkl=False, resume=False,
-          overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn", tracker=None,
-          tracker_dir=None, sync_bn=False, cbs=None, **source_options):
+          train_bn=True, bn_stats=None, precision=None, mixed_precision=None, bf16=None, cache=False, export_pkl=False,
+          resume=False, overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn",
+          tracker=None, tracker_dir=None, sync_bn=False, cbs=None, **source_options):
     """Train `arch` on a dataset (SOURCE ROOT --task, or a ready `table`), evaluate it, write RUN_DIR `out`.
 
     Returns evaluation.evaluate_run's dict ({"valid": {...}, "test": {...}, "thresholds": {...}}) plus "run_dir".
@@ -365,7 +377,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
         class_weights: 'auto' (inverse train frequency), a list or {class: weight} (single-label)
       subsample_majority: keep this fraction of the majority class's train patients; oversample: weighted sampling
       monitor: valid_loss, accuracy(_multi), f1_score: for best.pth (save_best) and early stopping (patience)
-      train_bn: BatchNorm layers of frozen parts keep training (fastai's default)
+      train_bn: BatchNorm layers of frozen parts keep training (fastai's default); bn_stats: train, frozen or fixed
+        (see cxr_learner; None: frozen when train_bn is false, else train)
       precision: auto (bf16 autocast on a CPU with native bf16, fp16 + channels-last on CUDA, else fp32), fp32,
         bf16 or fp16 (CUDA); None: auto, or what precision.default_precision set (recipe --precision); the
         choice and why go into config.json, the report and the console (precision.py);
@@ -468,7 +481,7 @@ def train_command(source, root, task=None, out=None, **options):
     --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
     --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
     --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
-    --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn,
+    --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --bn-stats train|frozen|fixed,
     --precision auto|fp32|bf16|fp16 (--bf16, --mixed-precision: deprecated aliases), --cache, --export-pkl,
     --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
     --dedup, and the source's own options (e.g. --balance for coronahack);

