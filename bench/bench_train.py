@@ -7,7 +7,7 @@ cxr_fast_bf16 / cxr_fast_auto (cxr_fast's learner as `train` builds it: its Data
 decoded-image cache, num_workers and threads chosen by the machine, the fused FastAdam, `--precision`),
 cxr_fast_fp32_fastai_adam (the same with fastai's per-parameter Adam: the optimizer's share),
 bare_fp32 / bare_bf16 / bare_fp32_cl (the training step on ready tensors, torch's Adam: the compute limit;
-_cl: channels-last), and *_data (the data pipeline alone). Run with ONEDNN_MAX_CPU_ISA=AVX2 in the
+_cl: channels-last; a _lite0 suffix: EfficientNet-Lite0 instead of ResNet18), and *_data (the data pipeline alone). Run with ONEDNN_MAX_CPU_ISA=AVX2 in the
 environment, a bare case measures a CPU without native bf16 (oneDNN limited to AVX2; run_bench's *_avx2).
 """
 import argparse
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 RESNET = "resnet18"
+ARCH_SUFFIXES = {"_lite0": "tf_efficientnet_lite0"}  # bare cases: another architecture than RESNET
 
 
 def peak_rss_mb():
@@ -102,10 +103,10 @@ def run_data_only(dls, max_batches):
     return timer.rate()
 
 
-def run_bare(size, bs, bf16, steps, channels_last=False):
+def run_bare(size, bs, bf16, steps, channels_last=False, arch=RESNET):
     from cxr_fast.models import build_model
     torch.manual_seed(0)
-    model = build_model(RESNET, 3).train()
+    model = build_model(arch, 3).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 3, (bs,))
     if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -134,12 +135,15 @@ def main():
     from cxr_fast.machine import machine_info, set_threads
     threads = set_threads()  # capped at the usable cores, as train does
     result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": threads}
-    name = a.case.removesuffix("_avx2")
+    name, arch = a.case.removesuffix("_avx2"), RESNET
+    for suffix, other in ARCH_SUFFIXES.items():
+        if name.endswith(suffix): name, arch = name.removesuffix(suffix), other
+    result["arch"] = arch
     precision = next((q for q in ("bf16", "auto", "fp32") if f"_{q}" in name), "fp32")
     with tempfile.TemporaryDirectory() as tmp_cache:
         cache_dir = a.cache_dir or tmp_cache
         if name.startswith("bare"):
-            result["img_per_s"] = run_bare(a.size, a.bs, precision == "bf16", a.batches, name.endswith("_cl"))
+            result["img_per_s"] = run_bare(a.size, a.bs, precision == "bf16", a.batches, name.endswith("_cl"), arch)
             result["precision"] = {"name": precision, "channels_last": name.endswith("_cl"), "how": "torch.autocast"}
         else:
             plain = name.startswith("fastai")

@@ -23,6 +23,8 @@ DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "darkcovidnet"
 TRAIN_CASES = ["bare_fp32", "bare_bf16", "bare_fp32_cl", "fastai_plain_data", "fastai_plain", "cxr_fast_data",
                "cxr_fast_fp32", "cxr_fast_fp32_fastai_adam", "cxr_fast_auto", "bare_fp32_end"]
 AVX2_CASES = ["bare_fp32_avx2", "bare_bf16_avx2"]  # once (the images do not matter to a bare step)
+# channels-last for training on this CPU, for the depthwise-convolution body too (precision.CPU_CHANNELS_LAST)
+LITE0_CASES = ["bare_fp32_lite0", "bare_fp32_cl_lite0", "bare_bf16_lite0", "bare_bf16_cl_lite0"]
 
 
 def make_full_size(src, dest, size=1024):
@@ -92,7 +94,10 @@ def ratios(rows):
              "cxr_fast_auto / fastai_plain": ("cxr_fast_auto", "fastai_plain"),
              "bare_fp32 / fastai_plain": ("bare_fp32", "fastai_plain"),
              "bare_bf16 / bare_fp32": ("bare_bf16", "bare_fp32"),
-             "bare_fp32_cl / bare_fp32": ("bare_fp32_cl", "bare_fp32")}
+             "bare_fp32_cl / bare_fp32": ("bare_fp32_cl", "bare_fp32"),
+             "bare_fp32_cl_lite0 / bare_fp32_lite0": ("bare_fp32_cl_lite0", "bare_fp32_lite0"),
+             "bare_bf16_cl_lite0 / bare_bf16_lite0": ("bare_bf16_cl_lite0", "bare_bf16_lite0"),
+             "bare_bf16_lite0 / bare_fp32_lite0": ("bare_bf16_lite0", "bare_fp32_lite0")}
     out = {k: by[a] / by[b] for k, (a, b) in pairs.items() if a in by and b in by}
     if step:
         for case in ("cxr_fast_fp32", "cxr_fast_fp32_fastai_adam", "fastai_plain"):
@@ -104,11 +109,13 @@ def markdown(results):
     m = results["machine"]
     lines = ["# cxr_fast benchmarks", "",
              f"Machine: {m['cpu_model']}, {m['usable_cores']} cores ({', '.join(m['cpu_flags_speed'])}), torch {m['torch']}, "
-             f"{m['torch_threads']} torch threads; shared with other jobs (load average "
-             f"{results['load_before'][0]:.1f} before, {results['load_after'][0]:.1f} after). Command: `{results['command']}`.", ""]
+             f"{m['torch_threads']} torch threads; load average {results['load_before'][0]:.1f} before, "
+             f"{results['load_after'][0]:.1f} after (above the core count: other jobs shared the machine). "
+             f"Command: `{results['command']}`.", ""]
     for key, title in (("train_small", "Training, shared DarkCovidNet images (<=384 px) at 224 px"),
                        ("train_full", "Training, the same images as 1024 px PNGs at 224 px"),
-                       ("train_avx2", "Bare training step with oneDNN capped to AVX2 (no native bf16), batch 16")):
+                       ("train_avx2", "Bare training step with oneDNN capped to AVX2 (no native bf16), batch 16"),
+                       ("train_lite0", "Bare training step, EfficientNet-Lite0 at 224 px: channels-last and bf16")):
         if key not in results: continue
         rows, limits = results[key]["cases"], results[key]["limits"]
         lines += [f"## {title}", "", "| case | img/s best (each round) | precision | workers | peak RSS MB | load after | limited by |",
@@ -135,7 +142,7 @@ def main():
     p.add_argument("--bs", type=int, default=32)
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the training cases; the best is reported")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,avx2,inference")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: small,full,avx2,lite0,inference")
     p.add_argument("--inference-repeats", type=int, default=3)
     p.add_argument("--reuse", action="store_true", help="reuse case results already in bench/tmp (finish an interrupted run)")
     a = p.parse_args()
@@ -147,7 +154,8 @@ def main():
     from cxr_fast.machine import machine_info, set_threads
     results = {"machine": machine_info(torch_threads=set_threads(), shared=True), "settings": vars(a),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "load_before": os.getloadavg()}
-    for key, d, cases in (("train_small", data, TRAIN_CASES), ("train_full", None, TRAIN_CASES), ("train_avx2", data, AVX2_CASES)):
+    for key, d, cases in (("train_small", data, TRAIN_CASES), ("train_full", None, TRAIN_CASES),
+                          ("train_avx2", data, AVX2_CASES), ("train_lite0", data, LITE0_CASES)):
         if key.split("_")[1] in skip: continue
         if d is None: d = make_full_size(data, tmp / "full1024")
         print(f"{key}: {d}", flush=True)

@@ -19,6 +19,9 @@ BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head
             cache=True, monitor="valid_loss")
 
 
+VARIANT_LR = {"fine_tune": "auto", "gradual": "auto"}  # the variants that pick their rates with lr_find
+
+
 def plan_for(variant, head_epochs, epochs, head_lr, lr):
     """The freeze plan of a variant: best (head, then all at lr/20..lr), fine_tune (fastai's), head, gradual.
     A learning rate may be 'auto' (lr_find's valley; plans.py), so lr/20 is written 'auto/20'."""
@@ -36,17 +39,19 @@ def plan_for(variant, head_epochs, epochs, head_lr, lr):
 
 def fit_config(variant="best", task="3class", **overrides):
     "train() keywords of a variant for a task (what the recipe and bench/bench_accuracy.py run)."
-    c = {**BEST, **TASK_OVERRIDES.get(task, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    c = {**BEST, "lr": VARIANT_LR.get(variant, BEST["lr"]), **TASK_OVERRIDES.get(task, {}),
+         **{k: v for k, v in overrides.items() if v is not None}}
     plan = plan_for(variant, c.pop("head_epochs"), c["epochs"], c.pop("head_lr"), c["lr"])
     return {**c, "plan": plan}
 
 
 def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3class", variant="best",
         arch=BEST["arch"], size=BEST["size"], bs=BEST["bs"], head_epochs=BEST["head_epochs"], head_lr=BEST["head_lr"],
-        epochs=BEST["epochs"], lr=BEST["lr"], label_smoothing=BEST["label_smoothing"], class_weights=None,
+        epochs=BEST["epochs"], lr=None, label_smoothing=BEST["label_smoothing"], class_weights=None,
         precision="auto", valid_pct=0.1, seed=42, overwrite=True, quick=False):
     """Fine-tune an ImageNet-pretrained `arch` on all of DATA: task 3class (Covid-19/No_findings/Pneumonia) or
     binary (Covid-19 vs No_findings); variant best, fine_tune, head or gradual (see plan_for).
+    lr: None = the variant's (best: 2e-3; fine_tune and gradual: 'auto', lr_find's valley);
     class_weights: None = the task's default (binary: 'auto')."""
     if task not in TASK_CLASSES: raise CxrError(f"--task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
     root = recipes.need_data(data, "darkcovidnet")
@@ -57,5 +62,5 @@ def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3cla
                               test_pct=0.0, seed=seed)
     options = recipes.fit_options(quick, **config)
     if quick:  # smoke mode keeps the pip-installed weights (no download) and the variant's stages, 1 epoch each
-        options.update(pretrained=config["pretrained"], plan=plan_for(variant, 1, 3, head_lr, lr))
+        options.update(pretrained=config["pretrained"], plan=plan_for(variant, 1, 3, head_lr, config["lr"]))
     return recipes.headline(train(table=table, out=out, **options))
