@@ -76,13 +76,17 @@ def run_thresholds(parts, probs, classes, multilabel, threshold=0.5):
 
 
 def run_operating_point(probs, ys, classes, target, default):
-    "(binary operating point for a target sensitivity chosen on valid, or None, notes)."
+    """(binary operating point for a target sensitivity chosen on valid, or None, notes). None, and the default
+    threshold kept, when valid has too few positives to estimate it (calibration.min_positives)."""
     if not target or len(classes) != 2: return None, []
     pos = positive_index(classes)
+    n_pos, need = int((ys["valid"] == pos).sum()), calibration.min_positives(float(target))
+    if n_pos < need:
+        return None, [f"{n_pos} {classes[pos]} image(s) in the valid split: an operating point for sensitivity "
+                      f"{target} needs at least {need} (with fewer, the lowest-scored one alone sets it); the "
+                      f"threshold stays at {default} (a larger --valid-pct, or --target-sensitivity none)"]
     op = calibration.operating_point({s: p[:, pos] for s, p in probs.items()}, {s: y == pos for s, y in ys.items()},
                                      float(target), default=default)
-    if op is None: return None, [f"no {classes[pos]} image in the valid split: no operating point for target "
-                                 f"sensitivity {target}; the threshold stays at {default}"]
     return op, [f"decision threshold {op['threshold']:.4f} chosen on this split for sensitivity {target}: "
                 f"its sensitivity is optimistic"]
 

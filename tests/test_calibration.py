@@ -141,6 +141,24 @@ def test_sensitivity_operating_point():
     assert "target sensitivity 0.95" in text and "gives specificity" in text
 
 
+def test_too_few_valid_positives_keep_the_default_threshold_and_say_why():
+    "10 positives cannot place a 95%-sensitivity point (DarkCovidNet's valid split: 0.004 to 0.93 across folds)."
+    from cxr_fast.evaluation import run_operating_point
+    assert [cal.min_positives(t) for t in (0.8, 0.9, 0.95, 0.99)] == [5, 10, 20, 100]
+    rng = np.random.default_rng(0)
+    def split(n_pos, n_neg=40):
+        y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+        p1 = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, len(y)), 0, 1)
+        return np.c_[1 - p1, p1], y
+    classes = ["Normal", "COVID-19"]
+    (pv, yv), (pt, yt) = split(10), split(10)
+    op, notes = run_operating_point({"valid": pv, "test": pt}, {"valid": yv, "test": yt}, classes, 0.95, 0.5)
+    assert op is None and "10 COVID-19 image(s)" in notes[0] and "at least 20" in notes[0] and "stays at 0.5" in notes[0]
+    (pv, yv) = split(20)
+    op, notes = run_operating_point({"valid": pv, "test": pt}, {"valid": yv, "test": yt}, classes, 0.95, 0.5)
+    assert op["valid"]["sensitivity"] >= 0.95 and "chosen on this split" in notes[0]
+
+
 def test_reliability_diagram_is_drawn(tmp_path):
     z, y = toy(n=300, seed=8)
     _, summary = cal.calibrate_splits({"valid": 4 * z[:150], "test": 4 * z[150:]}, {"valid": y[:150], "test": y[150:]},
