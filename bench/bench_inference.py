@@ -212,7 +212,7 @@ def markdown(results):
     m0 = results["machine"]
     lines = [f"{results['images']} real images from {results['data']}, {results['size']} px, batch {results['batch_size']}; "
              f"{m0['cpu_model']} ({m0['usable_cores']} cores; {', '.join(m0['cpu_flags_speed'])}), torch {m0['torch']}, "
-             f"onnxruntime {m0.get('onnxruntime', '-')}, {results['torch_threads']} threads; shared machine, "
+             f"onnxruntime {m0.get('onnxruntime', '-')}, {results['torch_threads']} threads; "
              f"load average {results['load_before'][0]:.1f} before / {results['load_after'][0]:.1f} after. "
              f"img/s: best of {results['repeats']} interleaved passes (median).", ""]
     for arch, r in results["archs"].items():

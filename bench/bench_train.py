@@ -11,6 +11,7 @@ _cl: channels-last; a _lite0 suffix: EfficientNet-Lite0 instead of ResNet18), an
 environment, a bare case measures a CPU without native bf16 (oneDNN limited to AVX2; run_bench's *_avx2).
 """
 import argparse
+from dataclasses import replace
 import json
 import resource
 import sys
@@ -90,7 +91,9 @@ def run_fit(dls, precision, max_batches, plain, opt="fast"):
         opt_func, wd = OPTIMIZERS["adamw"] if opt == "fast" else (Adam, 0.01)
         learn = Learner(dls, build_model(RESNET, dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
                         opt_func=opt_func, wd=wd)
-    apply_precision(learn, p)
+    if plain:  # what a notebook runs: fp32, the default memory format, no callbacks of ours
+        p = replace(p, name="fp32", channels_last=False, reason="plain fastai: no precision or layout callbacks")
+    else: apply_precision(learn, p)
     learn.fit(1, 1e-3, cbs=[fastai_timer_cb(timer, max_batches)])
     return timer.rate(), p.as_dict()
 

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "data" / "darkcovidnet"
 TRAIN_CASES = ["bare_fp32", "bare_bf16", "bare_fp32_cl", "fastai_plain_data", "fastai_plain", "cxr_fast_data",
                "cxr_fast_fp32", "cxr_fast_fp32_fastai_adam", "cxr_fast_auto", "bare_fp32_end"]
-AVX2_CASES = ["bare_fp32_avx2", "bare_bf16_avx2"]  # once (the images do not matter to a bare step)
+AVX2_CASES = ["bare_fp32_avx2", "bare_bf16_avx2", "bare_fp32_cl_avx2"]  # once (images do not matter to a bare step)
 # channels-last for training on this CPU, for the depthwise-convolution body too (precision.CPU_CHANNELS_LAST)
 LITE0_CASES = ["bare_fp32_lite0", "bare_fp32_cl_lite0", "bare_bf16_lite0", "bare_bf16_cl_lite0"]
 

@@ -33,9 +33,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below which bf16 arithmetic is emulated even on a bf16 CPU
 _BF16_ISA_WORDS = ("ALL", "BF16", "AMX", "FP16", "AVX10")
-# channels-last on a CPU, by purpose. Measured on the 2-core EPYC (ResNet18, 224 px, batch 32/16): inference
-# fp32 9.5 -> 12.5 img/s and bf16 13 -> 20 img/s with it; a training step fp32 22.5 -> 9.1 img/s: slower.
-CPU_CHANNELS_LAST = {"train": False, "predict": True}
+# channels-last on a CPU, by purpose. Measured with `make bench` on a quiet 2-core EPYC (224 px, bare training
+# step, bs 32): ResNet18 fp32 26.4 -> 32.0 img/s, EfficientNet-Lite0 fp32 15.0 -> 26.3, bf16 27.1 -> 33.5; with
+# oneDNN capped to AVX2 (bs 16) ResNet18 15.8 -> 17.5, Lite0 19.5 -> 27.8; inference faster too (bench/results.md).
+CPU_CHANNELS_LAST = {"train": True, "predict": True}
 
 
 class PrecisionWarning(UserWarning):
@@ -88,8 +89,8 @@ def _device_type(device):
 def decide_precision(requested="auto", device=None, flags=None, env=None, cuda_bf16=None, purpose="train"):
     """The Precision for `requested` on `device` (default: CUDA when available, else the CPU).
 
-    purpose: 'train' or 'predict'; channels-last is on for CUDA, and on a CPU only to predict (oneDNN's
-    channels-last backward was slower here: see CPU_CHANNELS_LAST);
+    purpose: 'train' or 'predict'; channels-last is on for CUDA, and on a CPU where CPU_CHANNELS_LAST says
+    (both purposes: it measured faster for training and predict, see there);
     flags/env: CPU flags and environment to decide on (default: this machine's; tests pass fake ones);
     cuda_bf16: whether the GPU has bf16 (default: torch.cuda.is_bf16_supported()). Raises CxrError for an
     unknown name or fp16 on a CPU; does not warn (resolve_precision does)."""

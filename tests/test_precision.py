@@ -19,7 +19,7 @@ SAPPHIRE_RAPIDS = AVX512_NO_BF16 | {"avx512_bf16", "amx_bf16", "amx_tile"}
                                              (set(), "fp32")])
 def test_auto_on_fake_cpu_flags(flags, expected):
     p = P.decide_precision("auto", "cpu", flags=flags, env={})
-    assert p.name == expected and p.requested == "auto" and p.device == "cpu" and not p.channels_last
+    assert p.name == expected and p.requested == "auto" and p.device == "cpu" and p.channels_last
     assert ("native bf16" in p.reason) and p.reason.startswith("auto")
 
 
@@ -53,8 +53,8 @@ def test_cuda_choices_and_errors():
 def test_record_and_console_line():
     p = P.decide_precision("auto", "cpu", flags=AVX2_EPYC, env={})
     d = p.as_dict()
-    assert d == {"name": "fp32", "requested": "auto", "device": "cpu", "channels_last": False, "reason": p.reason}
-    assert p.line().startswith("precision: fp32 on cpu (asked: auto;")
+    assert d == {"name": "fp32", "requested": "auto", "device": "cpu", "channels_last": True, "reason": p.reason}
+    assert p.line().startswith("precision: fp32, channels-last on cpu (asked: auto;")
     assert p.dtype is None and P.decide_precision("bf16", "cpu").dtype == torch.bfloat16
 
 
@@ -121,7 +121,8 @@ def test_apply_precision_callbacks():
     learn = P.apply_precision(_synth_learner(), P.decide_precision("bf16", "cpu"))
     assert any(isinstance(cb, P.CpuBF16Autocast) for cb in learn.cbs)
     learn = P.apply_precision(_synth_learner(), P.decide_precision("fp32", "cpu"))
-    assert not any(isinstance(cb, (P.CpuBF16Autocast, P.DeviceMixedPrecision, P.ChannelsLast)) for cb in learn.cbs)
+    assert not any(isinstance(cb, (P.CpuBF16Autocast, P.DeviceMixedPrecision)) for cb in learn.cbs)
+    assert any(isinstance(cb, P.ChannelsLast) for cb in learn.cbs)  # CPU_CHANNELS_LAST["train"]
     learn = P.apply_precision(_synth_learner(), P.decide_precision("auto", "cuda"))  # callbacks only, nothing runs
     assert any(isinstance(cb, P.DeviceMixedPrecision) for cb in learn.cbs)
     assert any(isinstance(cb, P.ChannelsLast) for cb in learn.cbs)
@@ -212,8 +213,10 @@ def test_bf16_autocast_on_cuda_runs():
 
 
 def test_channels_last_by_purpose():
-    "On a CPU, channels-last only to predict (it slowed the training step here); on CUDA always."
-    assert not P.decide_precision("fp32", "cpu").channels_last
+    "channels-last wherever CPU_CHANNELS_LAST says (on a CPU: both, it measured faster); on CUDA always."
+    for purpose, on in P.CPU_CHANNELS_LAST.items():
+        assert P.decide_precision("fp32", "cpu", purpose=purpose).channels_last == on
+    assert P.decide_precision("fp32", "cpu").channels_last  # train
     assert P.decide_precision("fp32", "cpu", purpose="predict").channels_last
     assert P.decide_precision("auto", "cpu", flags=AVX2_EPYC, env={}, purpose="predict").channels_last
     assert P.decide_precision("auto", "cuda", purpose="predict").channels_last
@@ -235,8 +238,8 @@ def test_train_records_the_precision_and_why(tmp_path, capsys):
         train(table=table, out=tmp_path / "run", bf16=False, **tiny)
     used = json.loads((tmp_path / "run" / "config.json").read_text())["precision_used"]
     assert used["name"] == "fp32" and used["requested"] == "fp32" and "--bf16" in used["reason"]
-    assert "Precision: fp32 on cpu" in (tmp_path / "run" / "report.md").read_text()
-    assert "precision: fp32 on cpu" in capsys.readouterr().out
+    assert "Precision: fp32, channels-last on cpu" in (tmp_path / "run" / "report.md").read_text()
+    assert "precision: fp32, channels-last on cpu" in capsys.readouterr().out
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pth", weights_only=True)
     assert "scaler" in last and last["scaler"] is None  # fp32: no GradScaler state to resume
     with P.default_precision("bf16"):
