@@ -110,7 +110,8 @@ def markdown(results):
     lines = ["# cxr_fast benchmarks", "",
              f"Machine: {m['cpu_model']}, {m['usable_cores']} cores ({', '.join(m['cpu_flags_speed'])}), torch {m['torch']}, "
              f"{m['torch_threads']} torch threads; load average {results['load_before'][0]:.1f} before, "
-             f"{results['load_after'][0]:.1f} after (above the core count: other jobs shared the machine). "
+             f"{results['load_after'][0]:.1f} after"
+             f"{' (above the core count: other jobs shared the machine)' if max(results['load_before'][0], results['load_after'][0]) > m['usable_cores'] + 0.5 else ''}. "
              f"Command: `{results['command']}`.", ""]
     for key, title in (("train_small", "Training, shared DarkCovidNet images (<=384 px) at 224 px"),
                        ("train_full", "Training, the same images as 1024 px PNGs at 224 px"),
