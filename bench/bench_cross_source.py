@@ -107,13 +107,13 @@ def main():
 
 def hack(a, runs, res, hack_cfg):
     "CoronaHack 3-class, tested on all of DarkCovidNet."
+    prep = hack_cfg["preprocessing"]
     r, minutes = timed(train, source="coronahack", root=a.hack, task="3class", valid_pct=0.1,
-                       out=runs / "hack-equalize", overwrite=True, **hack_cfg)
-    ev = evaluate(runs / "hack-equalize", "folders", a.dark, task="folders", classes=DARK_TO_HACK,
-                  out=runs / "hack-equalize" / "on-darkcovidnet")
-    res[f"coronahack[{hack_cfg['preprocessing']}] -> darkcovidnet all"] = {"in_source_test": headline(r["test"]),
-                                                                      "cross_source": headline(ev["test"]),
-                                                                      "train_min": minutes}
+                       out=runs / f"hack-{prep}", overwrite=True, **hack_cfg)
+    ev = evaluate(runs / f"hack-{prep}", "folders", a.dark, task="folders", classes=DARK_TO_HACK,
+                  out=runs / f"hack-{prep}" / "on-darkcovidnet")
+    res[f"coronahack[{prep}] -> darkcovidnet all"] = {"in_source_test": headline(r["test"]),
+                                                     "cross_source": headline(ev["test"]), "train_min": minutes}
 
 
 def mixed(a, runs, res, hack_cfg):

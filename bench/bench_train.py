@@ -7,8 +7,9 @@ cxr_fast_bf16 / cxr_fast_auto (cxr_fast's learner as `train` builds it: its Data
 decoded-image cache, num_workers and threads chosen by the machine, the fused FastAdam, `--precision`),
 cxr_fast_fp32_fastai_adam (the same with fastai's per-parameter Adam: the optimizer's share),
 bare_fp32 / bare_bf16 / bare_fp32_cl (the training step on ready tensors, torch's Adam: the compute limit;
-_cl: channels-last; a _lite0 suffix: EfficientNet-Lite0 instead of ResNet18), and *_data (the data pipeline alone). Run with ONEDNN_MAX_CPU_ISA=AVX2 in the
-environment, a bare case measures a CPU without native bf16 (oneDNN limited to AVX2; run_bench's *_avx2).
+_cl: channels-last; a _lite0 suffix: EfficientNet-Lite0 instead of ResNet18), and *_data (the data pipeline
+alone). Run with ONEDNN_MAX_CPU_ISA=AVX2 in the environment, a bare case measures a CPU without native bf16
+(oneDNN limited to AVX2; run_bench's *_avx2).
 """
 import argparse
 from dataclasses import replace

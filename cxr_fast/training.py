@@ -103,7 +103,7 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
                     metrics=default_metrics(multilabel) if metrics is None else metrics,
                     splitter=splitter_for(arch), **kwargs)
     learn.start_weights = start_weights
-    bn_stats = bn_stats or ("train" if kwargs.get("train_bn", True) else "frozen")
+    bn_stats = as_choice(bn_stats or ("train" if kwargs.get("train_bn", True) else "frozen"), BN_STATS, "bn-stats")
     if bn_stats == "frozen": learn.add_cb(BnFreeze())
     if bn_stats == "fixed": learn.add_cb(BodyBnStats())
     configure_progress(learn)  # one line per epoch when stdout is not a terminal (a log file, CI)

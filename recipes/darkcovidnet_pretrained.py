@@ -4,8 +4,8 @@ Transfer learning the fastai way, on weights that install with pip (efficientnet
 `weights` extra): the new head trains first with the body frozen (BatchNorm statistics included: train_bn=False,
 fastai's BnFreeze), then the whole network with discriminative learning rates (lr/20 for the stem .. lr for the
 head, across timm's stages), its BatchNorm statistics following the batches again (keeping them fixed at these
-rates diverged: see training.BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation, to pick the best epoch) and
-leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
+rates diverged: see training.BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation,
+to pick the best epoch) and leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """
 from cxr_fast import recipes

@@ -89,6 +89,12 @@ def test_bn_stats_decides_which_body_batchnorm_follows_the_batches(dls, bn_stats
     assert modes == [frozen, unfrozen]
 
 
+def test_an_unknown_bn_stats_is_a_one_line_error(dls):
+    from cxr_fast.errors import CxrError
+    with pytest.raises(CxrError, match="--bn-stats must be one of fixed, frozen, train; got .fix."):
+        cxr_learner(dls, LITE0, pretrained=True, bn_stats="fix")
+
+
 def test_discriminative_rates_reach_every_group_of_a_timm_body(dls):
     "slice(1e-5, 1e-3) spreads over all 9 groups (stem, 7 stages, head conv + head) and every group moves."
     learn = cxr_learner(dls, LITE0, pretrained=True, train_bn=False)
