@@ -30,16 +30,28 @@ from cxr_fast.training import train  # noqa: E402
 PAPER = {"3class": 0.8702, "binary": 0.9808}
 
 
-def fold_tables(table, folds, seed):
-    "One table per fold: the fold is `test`, the rest train with 10% of its patients as `valid`."
+FOLDS_BY = ("patient", "image")  # image: the paper's protocol, a patient's images may sit on both sides
+
+
+def fold_tables(table, folds, seed, by="patient"):
+    """One table per fold: the fold is `test`, the rest train with 10% of its patients as `valid`.
+    by: patient (folds grouped by patient) or image (stratified by class only, as Ozturk et al.)."""
+    if by not in FOLDS_BY: raise ValueError(f"folds by {by!r}: one of {FOLDS_BY}")
+    groups = table["patient_id"] if by == "patient" else np.arange(len(table))
     sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, test_idx) in enumerate(sgkf.split(np.zeros(len(table)), table["label"], groups=table["patient_id"])):
+    for k, (_, test_idx) in enumerate(sgkf.split(np.zeros(len(table)), table["label"], groups=groups)):
         t = table.copy()
         t["split"] = "train"
         t.loc[t.index[test_idx], "split"] = "test"
         t = assign_splits(t, valid_pct=0.1, seed=seed + k)
-        t.attrs = dict(table.attrs, split_method=f"patient-grouped 5-fold CV, fold {k}, valid 10% of train patients")
+        t.attrs = dict(table.attrs, split_method=f"{folds}-fold CV by {by}, fold {k}, valid 10% of train patients")
         yield k, t
+
+
+def experiment_key(name, overrides, by="patient"):
+    "Where an experiment's results are kept: its name, plus the --set overrides and the folds when not the default."
+    sets = "".join(f" --set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(overrides.items()))
+    return name + sets + ("" if by == "patient" else f" --folds-by {by}")
 
 
 def covid_sensitivity(test_metrics):
@@ -87,7 +99,7 @@ def run_task(task, data, out_dir, args, config):
     table = build_table("folders", data, "folders", valid_pct=0, classes=darkcovidnet_scratch.TASK_CLASSES[task],
                         dedup="off")
     rows = []
-    for k, fold in fold_tables(table, args.folds, args.seed):
+    for k, fold in fold_tables(table, args.folds, args.seed, args.folds_by):
         if args.only_fold is not None and k != args.only_fold: continue
         t0 = time.time()
         res = train(table=fold, out=out_dir / f"{task}-fold{k}", overwrite=True, seed=args.seed + k, **config)
@@ -159,7 +171,10 @@ def main():
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--only-fold", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--set", action="append", default=[], help="override a config key, e.g. --set epochs=20")
+    p.add_argument("--set", action="append", default=[],
+                   help="override a config key, e.g. --set epochs=20 (kept under its own key in --out)")
+    p.add_argument("--folds-by", choices=FOLDS_BY, default="patient",
+                   help="patient (the default) or image: the paper's protocol, for comparison only")
     p.add_argument("--collect", action="store_true", help="summarise the folds already trained under --runs, train none")
     a = p.parse_args()
     if not Path(a.data).is_dir(): sys.exit(f"DarkCovidNet not found at {a.data}; give --data")
@@ -169,11 +184,12 @@ def main():
         overrides[key] = json_or_text(value)
     results = load_results(a.out, a.data)
     for name in a.experiments.split(","):
-        exp = results["experiments"].setdefault(name, {"tasks": {}})
+        key = experiment_key(name, overrides, a.folds_by)
+        exp = results["experiments"].setdefault(key, {"tasks": {}})
         exp.update(machine=machine_info(), config={t: experiment_config(name, t, overrides) for t in a.tasks.split(",")})
         exp["machine_summary"] = machine_summary(exp["machine"])
         for task in a.tasks.split(","):
-            runs = Path(a.runs) / name.replace(":", "-")
+            runs = Path(a.runs) / "".join(c if c.isalnum() or c in "._=-" else "-" for c in key)
             exp["tasks"][task] = (summarize_folds(collect_task(task, runs, a.folds), task) if a.collect
                                   else run_task(task, Path(a.data), runs, a, exp["config"][task]))
             write_results(a.out, results)  # after every task: an interrupted benchmark keeps what it measured

@@ -134,7 +134,8 @@ def card_facts(meta):
                               ("source", "sources", "task", "split_method", "counts", "leakage", "classes_absent")},
             "preprocessing": {"img_size": meta.get("img_size"), "resize_method": meta.get("resize_method", "squish"),
                               "preprocessing": meta.get("preprocessing", "none"), "normalize": meta.get("normalize"),
-                              "decoding": "every file decoded to 8-bit grayscale, replicated to 3 channels"},
+                              "decoding": "every file decoded to 8-bit grayscale, replicated to 3 channels",
+                              "tta": bool(meta.get("tta", False))},
             "internal_metrics": headline_metrics(meta.get("metrics")),
             "calibration": meta.get("calibration") or {"method": "none"},
             "operating_point": meta.get("operating_point"), "thresholds": meta.get("thresholds"),
@@ -226,7 +227,9 @@ def render_card(meta, title=None):
     lines += ["## Preprocessing", "",
               f"- image size {pre['img_size']} ({pre['resize_method']}); preprocessing: {pre['preprocessing']}",
               f"- {pre['decoding']}; normalised with mean {(pre.get('normalize') or {}).get('mean')}, "
-              f"std {(pre.get('normalize') or {}).get('std')}", ""]
+              f"std {(pre.get('normalize') or {}).get('std')}",
+              *(["- test-time augmentation: the metrics are of the mean logits of 6 views (a centre zoom and four "
+                 "shifted zooms); predict uses them unless told --tta false"] if pre.get("tta") else []), ""]
     lines += ["## Internal metrics", ""]
     internal = facts["internal_metrics"]
     splits = [s for s in ("valid", "test") if s in internal]

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.core import Callback
 
 from . import calibration
 from .args import as_choice, as_int
@@ -22,7 +23,7 @@ from .blocks import test_dl
 from .card import evaluation_entry
 from .data import load_table, typed_source_options
 from .errors import CxrError, DataError
-from .inference import Predictor
+from .inference import TTA_VIEWS, Predictor, tta_views
 from .jsonio import jsonable, read_json, write_json
 from .metrics import HEADLINE, N_BOOT, split_metrics, targets_of, tune_thresholds
 from .modelio import find_model_dir, record_evaluation
@@ -43,11 +44,26 @@ def learner_probs(learn, part, multilabel):
     return probs.float().cpu().numpy()
 
 
-def learner_logits(learn, part):
-    "Raw outputs (N, C) of a fastai learner on a table's rows, before any activation (float32)."
+class TTAViews(Callback):
+    """Test-time augmentation inside fastai's get_preds: each batch goes in as its TTA views (inference.TTA_VIEWS,
+    stacked along the batch) and comes out as the views' mean logits, as Predictor(tta=True) computes them."""
+    order = 4  # before ChannelsLast and autocast (precision.py): the stacked batch gets them too
+
+    def before_batch(self):
+        x = self.learn.xb[0]
+        self.n = x.shape[0]
+        self.learn.xb = (torch.cat(tta_views(x)), *self.learn.xb[1:])
+
+    def after_pred(self):
+        pred = self.learn.pred.float()
+        self.learn.pred = pred.view(len(TTA_VIEWS), self.n, *pred.shape[1:]).mean(0)
+
+
+def learner_logits(learn, part, tta=False):
+    "Raw outputs (N, C) of a fastai learner on a table's rows, before any activation (float32); tta: TTAViews."
     dl = test_dl(learn.dls, part, with_labels=False)
     with (learn.no_bar() if hasattr(learn, "no_bar") else nullcontext()):
-        logits, _ = learn.get_preds(dl=dl, with_decoded=False, act=lambda x: x)
+        logits, _ = learn.get_preds(dl=dl, with_decoded=False, act=lambda x: x, cbs=[TTAViews()] if tta else None)
     return logits.float().cpu().numpy()
 
 
@@ -98,14 +114,16 @@ def evaluate_run(learn, table, run_dir, config=None, *, threshold=None, n_boot=N
     Writes RUN_DIR/metrics.json = {"valid": {...}, "test": {...}, "thresholds": {...}, "calibration": {...},
     "operating_point": {...}} and returns the same dict. With config['calibrate'] (default true) a temperature
     is fitted on valid and every probability is the scaled one; with config['target_sensitivity'] a binary
-    model's threshold is the operating point chosen on valid for that sensitivity.
+    model's threshold is the operating point chosen on valid for that sensitivity; with config['tta'] every
+    split is scored on the TTA views' mean logits (TTAViews), temperature and thresholds included.
     threshold: binary decision threshold on the disease class (default: config['threshold'] or 0.5)."""
     run_dir = Path(run_dir)
     config = config if config is not None else (read_json(run_dir / "config.json") or {})
     multilabel, classes = is_multilabel(table), learner_classes(learn, table)
     parts = {s: split_rows(table, s) for s in ("valid", "test") if (table["split"] == s).any()}
     if not parts: raise CxrError("the table has no valid or test rows to evaluate")
-    logits = {s: learner_logits(learn, part) for s, part in parts.items()}
+    tta = bool(config.get("tta", False))
+    logits = {s: learner_logits(learn, part, tta) for s, part in parts.items()}
     ys = {s: targets_of(part, classes, multilabel) for s, part in parts.items()}
     probs, calib = calibration.calibrate_splits(logits, ys, classes, multilabel, config.get("calibrate", True))
     raw = {s: calibration.activation(z, multilabel) for s, z in logits.items()}
@@ -118,7 +136,8 @@ def evaluate_run(learn, table, run_dir, config=None, *, threshold=None, n_boot=N
     if op is not None: thresholds = {"positive": op["threshold"]}
     result = {s: split_metrics(parts[s], probs[s], classes, multilabel, thresholds, n_boot, seed) for s in parts}
     for s in parts: result[s]["calibration"] = calibration.split_calibration(calib, s)
-    result[next(iter(parts))]["notes"] += notes + op_notes  # valid when there is one: where they were chosen
+    tta_notes = [f"test-time augmentation: the mean logits of {len(TTA_VIEWS)} views (inference.TTA_VIEWS)"] * tta
+    result[next(iter(parts))]["notes"] += tta_notes + notes + op_notes  # valid when there is one: where they were chosen
     result["thresholds"] = thresholds
     result["calibration"] = calibration.model_entry(calib)
     if op is not None: result["operating_point"] = op

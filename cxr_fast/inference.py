@@ -20,9 +20,11 @@ BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py; the argmax changes
 `engine="onnx"` runs the model.onnx (or with `int8`, model.int8.onnx) that export.py wrote, with
 onnxruntime (engines.py): the same preprocessing, decisions and output.
 
-TTA (`tta=True`) averages the probabilities of the plain image and 5 mild views made from the model-size
-input: a 1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner (see TTA_VIEWS).
-No flips: a chest X-ray has a side. The cost is 6 forward passes per image.
+TTA (`tta=True`) averages the logits of the plain image and 5 mild views made from the model-size input (a
+1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner, see TTA_VIEWS), then applies the
+temperature and softmax/sigmoid: the same as `train --tta true` evaluates with, so such a model's thresholds
+and temperature hold for its TTA probabilities. No flips: a chest X-ray has a side. The cost is 6 forward
+passes per image. `tta=None` (the default) uses TTA when model.json says the model was evaluated with it.
 
 Probabilities are temperature-scaled when model.json has a fitted temperature (`calibration`, see
 calibration.py): logits / T, which changes no argmax and no ranking. `predict` adds a `warning` column:
@@ -207,6 +209,7 @@ class Predictor:
         self.channels_last = self.precision.channels_last if channels_last is None else bool(channels_last)
         self.bf16 = self.precision.name == "bf16"
         self.temperature = temperature_tensor(meta, self.classes, self.device)  # None: probabilities as they come
+        self.tta = bool(meta.get("tta", False))  # the default: TTA when the model was evaluated with it
         self.model = model.to(self.device).eval()
         if self.channels_last: self.model = self.model.to(memory_format=torch.channels_last)
 
@@ -305,16 +308,18 @@ class Predictor:
         if self.temperature is not None: logits = logits / self.temperature
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
-    def forward_proba(self, x, tta=False):
-        "Probabilities (N, C) for a normalised batch; with `tta`, averaged over TTA_VIEWS."
+    def forward_proba(self, x, tta=None):
+        "Probabilities (N, C) for a normalised batch; with `tta` (None: the model's default), of the views' mean logits."
+        tta = self.tta if tta is None else bool(tta)
         with torch.inference_mode(), precision_autocast(self.precision):
             views = tta_views(x) if tta else [x]
             if self.channels_last: views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            return torch.stack([self.activation(self.model(v)) for v in views]).mean(0).float().cpu()
+            return self.activation(torch.stack([self.model(v).float() for v in views]).mean(0)).cpu()
 
-    def predict_proba(self, paths, batch_size=32, tta=False, workers=None, gradcam=None, warnings_out=None):
+    def predict_proba(self, paths, batch_size=32, tta=None, workers=None, gradcam=None, warnings_out=None):
         """(probs, errors): probs (N, C) float32 with NaN rows for failed files; errors[i] '' or why file i failed.
 
+        tta: average the TTA views' logits (None: as model.json says; see the module docstring).
         gradcam: a folder to write one heatmap overlay PNG per image into; warnings_out: a list that gets the input
         guard's warnings of each file ('' when none)."""
         paths = [str(p) for p in paths]
@@ -390,7 +395,7 @@ class Predictor:
             else: preds.append(self.classes[int(np.argmax(row))])
         return preds
 
-    def predict(self, inputs, batch_size=32, tta=False, threshold=None, workers=None, gradcam=None):
+    def predict(self, inputs, batch_size=32, tta=None, threshold=None, workers=None, gradcam=None):
         """A DataFrame: path, pred, p_<class> per class, error ('' when the file was read), warning (the input
         guard's, '' when the file looks like a frontal chest radiograph).
 
@@ -406,7 +411,8 @@ class Predictor:
         for j, c in enumerate(self.classes): df[f"p_{c}"] = probs[:, j]
         df["error"] = errors
         df["warning"] = found
-        df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source, tta=bool(tta),
+        df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source,
+                        tta=self.tta if tta is None else bool(tta),
                         precision=self.precision.as_dict(), engine=self.meta.get("engine", "torch"))
         return df
 
@@ -448,13 +454,14 @@ def _unique_stems(paths):
 
 # ---- the public function and the command --------------------------------------------------
 
-def predict(model_dir, inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32, submission=None,
+def predict(model_dir, inputs, out=None, gradcam=None, tta=None, threshold=None, batch_size=32, submission=None,
             unsafe_pickle=False, precision=None, engine="torch", int8=False, channels_last=None, device=None,
             workers=None, bf16=None):
     """Predict images, folders (recursive), globs or CSVs of paths with a model dir (or a loaded Predictor).
 
     Returns the DataFrame (path, pred, p_<class>..., error, warning); `out` and `submission` also write CSVs.
-    precision: auto/fp32/bf16/fp16 (precision.py; bf16: deprecated alias); engine: torch or onnx (`int8`)."""
+    precision: auto/fp32/bf16/fp16 (precision.py; bf16: deprecated alias); engine: torch or onnx (`int8`);
+    tta: test-time augmentation (None: when model.json says the model was evaluated with it)."""
     set_threads()  # torch threads capped at this machine's usable cores
     predictor = model_dir if isinstance(model_dir, Predictor) else Predictor.from_dir(
         model_dir, device=device, unsafe_pickle=unsafe_pickle, precision=precision, engine=engine, int8=int8,
@@ -488,15 +495,15 @@ def format_predictions(df):
     return show.to_string(index=False)
 
 
-def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, threshold=None, batch_size=32,
+def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, threshold=None, batch_size=32,
                     submission=None, unsafe_pickle=False, precision="auto", engine="torch", int8=False,
                     channels_last=None, device=None, workers=None, bf16=None):
     """Predict images, folders (recursive), globs, or a CSV with a `path` column.
 
     Writes path, pred, p_<class>..., error, warning (the input guard's: another modality, body part or view,
     colour, an odd shape, a blank image; still predicted) to --out (or prints a table); the model card's path goes
-    to stderr. --tta averages over the plain image
-    and 5 mild zoom/shift views (no flips); --threshold T (or 'class=t,...') overrides model.json's
+    to stderr. --tta true averages the logits of the plain image and 5 mild zoom/shift views (no flips; default:
+    as the model was evaluated, model.json's `tta`); --threshold T (or 'class=t,...') overrides model.json's
     thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
     heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
     fp32; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
@@ -504,12 +511,13 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=False, thres
     faster; its probabilities differ from fp32's, by how much `export --int8` prints); --unsafe-pickle allows loading a
     fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
-    df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=as_bool(tta, "tta"),
+    maybe_bool = lambda value, name: None if value is None else as_bool(value, name)  # noqa: E731  None: the default
+    df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=maybe_bool(tta, "tta"),
                  threshold=parse_threshold(threshold), batch_size=as_int(batch_size, "batch-size", 1),
                  submission=submission, unsafe_pickle=as_bool(unsafe_pickle, "unsafe-pickle"),
                  precision=str(precision), engine=str(engine), int8=as_bool(int8, "int8"),
-                 bf16=None if bf16 is None else as_bool(bf16, "bf16"),
-                 channels_last=None if channels_last is None else as_bool(channels_last, "channels-last"), device=device, workers=None if workers is None else as_int(workers, "workers", 0))
+                 bf16=maybe_bool(bf16, "bf16"), channels_last=maybe_bool(channels_last, "channels-last"), device=device,
+                 workers=None if workers is None else as_int(workers, "workers", 0))
     prec = df.attrs["precision"]
     print(f"{df.attrs['engine']} engine, precision {prec['name']} ({prec['reason']})", file=sys.stderr)
     n_bad = int((df["error"] != "").sum())

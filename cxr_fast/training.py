@@ -187,7 +187,7 @@ def resolve_config(c):
     c = {**c, "size": default_size(c["arch"]) if c["size"] is None else c["size"]}
     out = {**c}
     for key in ("pretrained", "lr_find", "oversample", "save_best", "train_bn", "export_pkl", "resume", "overwrite",
-                "concat_pool"):
+                "concat_pool", "tta"):
         out[key] = as_bool(c[key], key.replace("_", "-"))
     for key in ("mixed_precision", "bf16"):  # deprecated aliases of --precision (precision.precision_from_aliases)
         out[key] = None if c[key] is None else as_bool(c[key], key.replace("_", "-"))
@@ -296,7 +296,7 @@ def model_meta(config, table, learn, results):
             "loss_options": {"label_smoothing": config["label_smoothing"], "focal_alpha": config["focal_alpha"],
                              "focal_gamma": config["focal_gamma"], "class_weights": config.get("class_weight_values")},
             "img_size": config["size"], "resize_method": config["resize_method"],
-            "preprocessing": config["preprocessing"],
+            "preprocessing": config["preprocessing"], "tta": config["tta"],
             "normalize": {"mean": list(imagenet_stats[0]), "std": list(imagenet_stats[1])},
             "input_adapter": input_spec(config["arch"]), "weights": getattr(learn, "start_weights", None),
             "thresholds": (results or {}).get("thresholds") or default_thresholds(classes, multilabel),
@@ -347,7 +347,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
           concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=None, aug="cxr", resize_method="squish",
           preprocessing="none",
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
-          calibrate=True, target_sensitivity=0.95,
+          calibrate=True, target_sensitivity=0.95, tta=False,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
           train_bn=True, bn_stats=None, precision=None, mixed_precision=None, bf16=None, cache=False, export_pkl=False,
           resume=False, overwrite=False, num_workers=None, valid_pct=0.2, test_pct=0.0, classes=None, dedup="warn",
@@ -391,6 +391,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
         predict, evaluate and serve apply it
       target_sensitivity: binary tasks: the decision threshold is the operating point chosen on valid for this
         sensitivity (saved in model.json, reported with its specificity on test); none: 0.5
+      tta: evaluate valid and test on the mean logits of the test-time augmentation views (inference.TTA_VIEWS;
+        temperature and thresholds fitted on them); model.json records it and predict then uses TTA by default
       tracker: csv, tensorboard, mlflow and/or wandb (comma-separated; tracking.py); tracker_dir: their folder
         (default: the run folder's parent)
       sync_bn: synchronise BatchNorm across processes when launched as several (CUDA; distributed.py)

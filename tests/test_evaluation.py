@@ -270,6 +270,24 @@ def test_evaluate_on_other_data_maps_classes_and_reports_unknown_ones(model_dir,
     assert np.allclose(ev.learner_probs(learn, table, False), predicted, atol=1e-4)
 
 
+def test_tta_in_evaluation_is_the_tta_predict_gives(model_dir, other_data):
+    "train --tta scores splits with TTAViews inside get_preds; predict --tta must give the same probabilities."
+    from cxr_fast.inference import Predictor
+    from cxr_fast.precision import ChannelsLast
+    paths = sorted(str(p) for p in (other_data / "Normal").glob("*.png")) + sorted(
+        str(p) for p in (other_data / "SARS").glob("*.png"))
+    table = pd.DataFrame({"path": paths})
+    learn, meta = model_learner(model_dir, paths[0], bs=4)  # 6 images: a full and a partial batch
+    learn.add_cb(ChannelsLast())  # TTAViews runs first, so the stacked views get the memory format too
+    predictor = Predictor.from_dir(model_dir, precision="fp32")
+    plain, tta = (predictor.predict_proba(paths, tta=t)[0] for t in (False, True))
+    logits = ev.learner_logits(learn, table, tta=True)
+    assert logits.shape == (6, 2) and not np.allclose(tta, plain, atol=1e-3)  # the views change the scores
+    assert np.allclose(torch.softmax(torch.from_numpy(logits), 1).numpy(), tta, atol=1e-4)
+    assert np.allclose(ev.learner_probs(learn, table, False), plain, atol=1e-4)  # and the callback is gone again
+    assert not predictor.tta and Predictor(predictor.model, {**meta, "tta": True}).tta  # model.json's default
+
+
 def model_learner(model_dir, sample_path, bs=32):
     """(fastai Learner, meta) for a model dir: its weights (weights_only) and the training-time item and batch
     transforms (resize, ImageNet normalisation, no augmentation), for test DataLoaders."""

@@ -338,11 +338,13 @@ def test_with_the_real_evaluation(phantoms, tmp_path, real_evaluation):
     evaluation = pytest.importorskip("cxr_fast.evaluation")
     if not hasattr(evaluation, "evaluate_run"): pytest.skip("evaluation.evaluate_run not written yet")
     table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=4, image_size=48, test_pct=0.25)
-    result = train(table=table, out=tmp_path / "run", plan="all:1@1e-3", **TINY)
+    result = train(table=table, out=tmp_path / "run", plan="all:1@1e-3", tta=True, **TINY)
     assert {"valid", "test", "thresholds", "run_dir"} <= set(result)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
     assert meta["thresholds"] == result["thresholds"] and set(meta["metrics"]) == {"valid", "test"}
+    assert meta["tta"] is True and any("test-time augmentation" in n for n in result["valid"]["notes"])
+    assert "test-time augmentation" in (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
 
 
 def test_frozen_weights_stay_put_after_unfreezing(phantoms):
