@@ -42,6 +42,13 @@ def timed(fn, **kw):
     return out, round((time.time() - t) / 60, 1)
 
 
+def measured_on():
+    "When and where one part ran: parts of an experiment kept from earlier runs may come from other machines."
+    m = machine_info()
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": m.get("cpu_model"),
+            "cores": m.get("cores"), "gpu": m.get("gpu"), "torch": m.get("torch")}
+
+
 def experiment_config(name):
     "train() keywords of an experiment (the recipes' 3-class configurations; precision: auto)."
     if name == "scratch": return {**darkcovidnet_scratch.BEST, "bf16": None}
@@ -73,7 +80,7 @@ def main():
     best, parts = experiment_config(a.experiment), a.parts.split(",")
     experiments = load_results(a.out)
     res = experiments.setdefault(a.experiment, {})  # parts not run this time keep their earlier results
-    res.update(settings=vars(a), best=best, machine=machine_info())
+    res.update(settings=vars(a), best=best, machine=machine_info())  # this run's; each part says its own (measured)
     runs = Path(a.runs) / a.experiment
 
     def save():  # after every part: an interrupted benchmark keeps what it measured
@@ -89,7 +96,8 @@ def main():
         ev = evaluate(runs / f"dark-{prep}", "coronahack", a.hack, task="normal-vs-pneumonia", split="test",
                       classes="Normal->No_findings,Pneumonia->Pneumonia", out=runs / f"dark-{prep}" / "on-coronahack")
         res[f"darkcovidnet[{prep}] -> coronahack test"] = {"in_source_valid": headline(r["valid"]),
-                                                           "cross_source": headline(ev["test"]), "train_min": minutes}
+                                                           "cross_source": headline(ev["test"]), "train_min": minutes,
+                                                           "measured": measured_on()}
         save()
 
     # 2. The reverse: CoronaHack 3-class, tested on all of DarkCovidNet
@@ -113,7 +121,8 @@ def hack(a, runs, res, hack_cfg):
     ev = evaluate(runs / f"hack-{prep}", "folders", a.dark, task="folders", classes=DARK_TO_HACK,
                   out=runs / f"hack-{prep}" / "on-darkcovidnet")
     res[f"coronahack[{prep}] -> darkcovidnet all"] = {"in_source_test": headline(r["test"]),
-                                                     "cross_source": headline(ev["test"]), "train_min": minutes}
+                                                     "cross_source": headline(ev["test"]), "train_min": minutes,
+                                                     "measured": measured_on()}
 
 
 def mixed(a, runs, res, hack_cfg):
@@ -127,7 +136,8 @@ def mixed(a, runs, res, hack_cfg):
         path = write_table(part, runs / "mixed" / f"test-{src}.csv")
         ev = evaluate(runs / "mixed", "table", path, out=runs / "mixed" / f"on-{src}-test")
         per_source[src] = headline(ev["test"])
-    res["mixed coronahack+darkcovidnet"] = {"per_source_test": per_source, "train_min": minutes}
+    res["mixed coronahack+darkcovidnet"] = {"per_source_test": per_source, "train_min": minutes,
+                                            "measured": measured_on()}
 
 
 if __name__ == "__main__":
