@@ -23,7 +23,7 @@ from .blocks import test_dl
 from .card import evaluation_entry
 from .data import load_table, typed_source_options
 from .errors import CxrError, DataError
-from .inference import TTA_VIEWS, Predictor, tta_views
+from .inference import TTA_VIEWS, Predictor, mean_over_views, stack_views
 from .jsonio import jsonable, read_json, write_json
 from .metrics import HEADLINE, N_BOOT, split_metrics, targets_of, tune_thresholds
 from .modelio import find_model_dir, record_evaluation
@@ -52,11 +52,10 @@ class TTAViews(Callback):
     def before_batch(self):
         x = self.learn.xb[0]
         self.n = x.shape[0]
-        self.learn.xb = (torch.cat(tta_views(x)), *self.learn.xb[1:])
+        self.learn.xb = (stack_views(x), *self.learn.xb[1:])
 
     def after_pred(self):
-        pred = self.learn.pred.float()
-        self.learn.pred = pred.view(len(TTA_VIEWS), self.n, *pred.shape[1:]).mean(0)
+        self.learn.pred = mean_over_views(self.learn.pred, self.n)
 
 
 def learner_logits(learn, part, tta=False):

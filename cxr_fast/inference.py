@@ -157,6 +157,17 @@ def tta_views(x, views=TTA_VIEWS):
     return out
 
 
+def stack_views(x):
+    "A batch's TTA views stacked along the batch dimension: (len(TTA_VIEWS) * N, C, H, W), one forward pass."
+    return torch.cat(tta_views(x))
+
+
+def mean_over_views(out, n):
+    "Outputs of `n` images' views in stack_views order -> the mean over the views per image (n, ...), float32."
+    out = out.float()
+    return out.view(len(TTA_VIEWS), n, *out.shape[1:]).mean(0)
+
+
 # ---- the predictor ------------------------------------------------------------------------
 
 def _default_device(device):
@@ -310,11 +321,16 @@ class Predictor:
 
     def forward_proba(self, x, tta=None):
         "Probabilities (N, C) for a normalised batch; with `tta` (None: the model's default), of the views' mean logits."
-        tta = self.tta if tta is None else bool(tta)
+        tta = self.use_tta(tta)
         with torch.inference_mode(), precision_autocast(self.precision):
-            views = tta_views(x) if tta else [x]
+            views = tta_views(x) if tta else [x]  # one forward pass per view: memory stays at one batch's
             if self.channels_last: views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            return self.activation(torch.stack([self.model(v).float() for v in views]).mean(0)).cpu()
+            out = torch.cat([self.model(v) for v in views])
+            return self.activation(mean_over_views(out, len(x)) if tta else out).cpu()
+
+    def use_tta(self, tta):
+        "Whether to run TTA: as asked, or (None) as model.json says the model was evaluated."
+        return self.tta if tta is None else bool(tta)
 
     def predict_proba(self, paths, batch_size=32, tta=None, workers=None, gradcam=None, warnings_out=None):
         """(probs, errors): probs (N, C) float32 with NaN rows for failed files; errors[i] '' or why file i failed.
@@ -412,7 +428,7 @@ class Predictor:
         df["error"] = errors
         df["warning"] = found
         df.attrs.update(classes=self.classes, multilabel=self.multilabel, model=self.source,
-                        tta=self.tta if tta is None else bool(tta),
+                        tta=self.use_tta(tta),
                         precision=self.precision.as_dict(), engine=self.meta.get("engine", "torch"))
         return df
 
