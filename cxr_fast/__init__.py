@@ -21,7 +21,7 @@ _EXPORTS = {
     "build_model": "cxr_fast.models", "ARCHS": "cxr_fast.models",
     "FocalLoss": "cxr_fast.losses", "FocalLossMultiLabel": "cxr_fast.losses",
     "train": "cxr_fast.training", "cxr_learner": "cxr_fast.training",
-    "evaluate": "cxr_fast.evaluation", "compare": "cxr_fast.evaluation",
+    "evaluate": "cxr_fast.evaluation", "compare": "cxr_fast.evaluation", "audit": "cxr_fast.shortcuts.core",
     "load_model": "cxr_fast.inference", "save_model_dir": "cxr_fast.modelio",
     "predict": "cxr_fast.inference", "Predictor": "cxr_fast.inference",
     "CxrError": "cxr_fast.errors", "DataError": "cxr_fast.errors",

@@ -1,16 +1,17 @@
 """Canonical table + task -> fastai DataBlock / DataLoaders."""
 import os
+import random
 
 import numpy as np
 from PIL import Image
 from fastai.callback.data import weighted_dataloaders  # noqa: F401  (adds DataBlock.weighted_dataloaders)
 from fastai.vision.all import (CategoryBlock, ColReader, DataBlock, ImageBlock, IndexSplitter, MultiCategoryBlock,
-                               Normalize, PILImage, Resize, Transform, aug_transforms, imagenet_stats)
+                               Normalize, PILImage, RandTransform, Resize, Transform, aug_transforms, imagenet_stats)
 from fastcore.basics import fastuple
 
 from .cache import make_cache
 from .errors import DataError
-from .images import load_image, preprocess, to_rgb
+from .images import check_preprocessing, jpeg_eval_quality, jpeg_roundtrip, load_image, preprocess, to_rgb
 from .resize import check_method, squish, target_hw
 from .table import classes_of, is_multilabel, validate_table, write_atomic
 
@@ -42,6 +43,24 @@ class SquishResize(Transform):
         self.size, self.method = fastuple(w, h), "squish"  # (w, h), as fastai's Resize keeps it
 
     def encodes(self, img: PILImage): return type(img)(squish(img, (self.size[1], self.size[0])))
+
+
+class JpegRecompress(RandTransform):
+    """The same compression path for every image: each one re-encoded as JPEG after resizing, at a random quality in
+    [lo, hi] in training (so JPEG artefacts, or their absence, stop meaning a class) and at the middle of that range
+    in valid, test and predict (inference.Predictor does the same through images.jpeg_roundtrip)."""
+    order, split_idx = 2, None  # after the resize (order 1), before ToTensor; both splits, each its own way
+
+    def __init__(self, quality_range):
+        super().__init__()
+        self.lo, self.hi = quality_range
+        self.quality = jpeg_eval_quality(quality_range)
+
+    def before_call(self, b, split_idx):
+        self.do = True
+        self.quality = random.randint(self.lo, self.hi) if split_idx == 0 else jpeg_eval_quality((self.lo, self.hi))
+
+    def encodes(self, img: PILImage): return type(img)(jpeg_roundtrip(img, self.quality))
 
 
 def item_resize(size, method="squish"):
@@ -79,18 +98,20 @@ def default_num_workers(cached=False):
     return max(0, min(4, usable_cores() - 1))
 
 
-def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None, preprocessing="none"):
-    "The DataBlock for a canonical table: CategoryBlock (fixed vocab) or MultiCategoryBlock(encoded=True)."
+def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None, preprocessing="none",
+                  jpeg_quality=None):
+    """The DataBlock for a canonical table: CategoryBlock (fixed vocab) or MultiCategoryBlock(encoded=True).
+    jpeg_quality: (lo, hi) to pass every image through JPEG after resizing (JpegRecompress); None: not."""
     classes = classes_of(table)
     if is_multilabel(table):
         y_block, get_y = MultiCategoryBlock(encoded=True, vocab=classes), ColReader(classes)
     else:
         y_block, get_y = CategoryBlock(vocab=classes, sort=False), ColReader("label")  # keep our order
-    item_tfm = item_resize(size, resize_method)
+    item_tfms = [item_resize(size, resize_method), *([JpegRecompress(jpeg_quality)] if jpeg_quality else [])]
     valid_idx = np.nonzero((table["split"] == "valid").to_numpy())[0]
     get_x = ReadImage(make_cache(cache, size, resize_method, preprocessing), preprocessing)
     return DataBlock(blocks=(ImageBlock(cls=CxrImage), y_block), get_x=get_x, get_y=get_y,
-                     splitter=IndexSplitter(valid_idx), item_tfms=item_tfm,
+                     splitter=IndexSplitter(valid_idx), item_tfms=item_tfms,
                      batch_tfms=[*aug_tfms(aug, size), Normalize.from_stats(*imagenet_stats)])
 
 
@@ -106,16 +127,17 @@ def train_valid(table):
 
 
 def get_dls(table, size=224, bs=32, aug="cxr", resize_method="squish", num_workers=None, seed=42,
-            weights=None, cache=None, device=None, preprocessing="none"):
+            weights=None, cache=None, device=None, preprocessing="none", jpeg_quality=None):
     """DataLoaders (train, valid) for a canonical table.
 
     weights: per-train-row sampling weights for weighted oversampling (see training.sampling_weights).
     cache: True (default folder), a folder, or an ImageCache: decoded, resized images reused across
     epochs and runs (see cache.py); None decodes every image every epoch.
-    preprocessing: a step of images.PREPROCESS ('none', 'equalize') applied before resizing."""
+    preprocessing: a pipeline of images.PREPROCESS steps ('none', 'equalize', 'standardize+crop-field', ...) applied
+    before resizing; jpeg_quality: (lo, hi) to re-encode every image as JPEG after resizing (JpegRecompress)."""
     part = train_valid(table)
-    preprocess(Image.new("L", (1, 1)), preprocessing)  # an unknown name fails here, before any decoding
-    dblock = cxr_datablock(part, size, aug, resize_method, cache, preprocessing)
+    preprocessing = check_preprocessing(preprocessing)  # an unknown step fails here, before any decoding
+    dblock = cxr_datablock(part, size, aug, resize_method, cache, preprocessing, jpeg_quality)
     num_workers = default_num_workers(cached=cache not in (None, False)) if num_workers is None else num_workers
     kwargs = dict(bs=bs, num_workers=num_workers, seed=seed, device=device)
     if weights is not None:

@@ -14,9 +14,12 @@
   sensitivity/specificity it gives elsewhere.
 """
 import math
+import warnings
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
+from .activations import activate as activation  # the name evaluation.py and the tests use
 from .table import write_atomic
 
 N_BINS = 15
@@ -25,14 +28,6 @@ EPS = 1e-300              # probabilities are clipped here before a log (float64
 
 
 # ---- logits and temperatures ------------------------------------------------------------------
-
-def activation(logits, multilabel):
-    "Sigmoid per label (multi-label) or softmax over classes, in float64."
-    z = np.asarray(logits, dtype=np.float64)
-    if multilabel: return 1.0 / (1.0 + np.exp(-z))
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
 
 def to_logits(probs, multilabel):
     "Logits that give `probs` back (softmax: log p, a valid choice up to a per-row constant; sigmoid: log(p/(1-p)))."
@@ -124,7 +119,11 @@ def fit_temperature(logits, y, multilabel, notes=None, names=None):
 # ---- calibration error ------------------------------------------------------------------------
 
 def reliability_bins(confidence, correct, n_bins=N_BINS):
-    "Equal-width bins over [0, 1]: [{lo, hi, n, confidence, accuracy}] (an empty bin has n 0 and null means)."
+    """Equal-width bins over [0, 1]: [{lo, hi, n, confidence, accuracy}] (an empty bin has n 0 and null means).
+
+    Not scikit-learn's `calibration_curve`: it returns the means of the non-empty bins only, without their counts
+    (ECE weights each bin by its count, and the report shows empty bins), and puts a confidence on a bin edge in
+    the lower bin (np.searchsorted), where a bin here is [lo, hi) with 1.0 in the last one."""
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
     idx = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
@@ -190,18 +189,16 @@ def sensitivity_threshold(scores, positive, target=0.95):
     score >= t) reaches `target`, the one with the highest specificity and, of those, the highest sensitivity;
     placed half way between the lowest score it calls positive and the next lower score. None without positives."""
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if not n_pos: return None
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positive[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last position of each group of tied scores
-    sens = np.cumsum(p)[last] / n_pos  # calling positive every score >= s[last[j]]
-    spec = (n_neg - np.cumsum(~p)[last]) / n_neg if n_neg else np.ones(len(last))
+    if not positive.any(): return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no negatives: scikit-learn warns and gives NaN false positive rates
+        fpr, sens, cut = roc_curve(positive, scores, drop_intermediate=False)
+    fpr, sens, cut = fpr[1:], sens[1:], cut[1:]  # drop the first point (t = inf: nothing called positive)
+    spec = 1 - fpr if (~positive).any() else np.ones(len(cut))
     feasible = np.nonzero(sens >= target - 1e-12)[0]
     best = feasible[spec[feasible] >= spec[feasible].max() - 1e-12]
     j = int(best.max())  # lowest threshold keeping that specificity: the most sensitivity for free
-    kept = s[last[j]]
-    return float((kept + s[last[j] + 1]) / 2) if last[j] + 1 < len(s) else float(kept)
+    return float((cut[j] + cut[j + 1]) / 2) if j + 1 < len(cut) else float(cut[j])
 
 
 def min_positives(target):

@@ -134,12 +134,14 @@ def card_facts(meta):
                               ("source", "sources", "task", "split_method", "counts", "leakage", "classes_absent")},
             "preprocessing": {"img_size": meta.get("img_size"), "resize_method": meta.get("resize_method", "squish"),
                               "preprocessing": meta.get("preprocessing", "none"), "normalize": meta.get("normalize"),
+                              "jpeg_quality": meta.get("jpeg_quality"),
                               "decoding": "every file decoded to 8-bit grayscale, replicated to 3 channels",
                               "tta": bool(meta.get("tta", False))},
             "internal_metrics": headline_metrics(meta.get("metrics")),
             "calibration": meta.get("calibration") or {"method": "none"},
             "operating_point": meta.get("operating_point"), "thresholds": meta.get("thresholds"),
-            "external_evaluations": list(meta.get("evaluations", [])), "limitations": limitations(meta)}
+            "external_evaluations": list(meta.get("evaluations", [])), "limitations": limitations(meta),
+            "shortcut_audit": meta.get("audit")}
 
 
 # ---- external evaluations -------------------------------------------------------------------------
@@ -225,7 +227,9 @@ def render_card(meta, title=None):
         else: lines += ["Leakage check: no patient and no near-duplicate image is shared between splits.", ""]
     else: lines += ["Leakage check: not recorded.", ""]
     lines += ["## Preprocessing", "",
-              f"- image size {pre['img_size']} ({pre['resize_method']}); preprocessing: {pre['preprocessing']}",
+              f"- image size {pre['img_size']} ({pre['resize_method']}); preprocessing: {pre['preprocessing']}"
+              + (f"; every image through JPEG (quality {pre['jpeg_quality'][0]}-{pre['jpeg_quality'][1]} in training, "
+                 f"the middle of that in predict)" if pre.get("jpeg_quality") else ""),
               f"- {pre['decoding']}; normalised with mean {(pre.get('normalize') or {}).get('mean')}, "
               f"std {(pre.get('normalize') or {}).get('std')}",
               *(["- test-time augmentation: the metrics are of the mean logits of 6 views (a centre zoom and four "
@@ -256,8 +260,18 @@ def render_card(meta, title=None):
         lines += ["", *notes] + ([""] if notes else [])
     else:
         lines += ["None yet: `python -m cxr_fast evaluate MODEL_DIR SOURCE ROOT` adds one here.", ""]
+    lines += shortcut_lines(facts.get("shortcut_audit"))
     lines += ["## Known limitations", "", *[f"- {x}" for x in facts["limitations"]], ""]
     return "\n".join(lines) + "\n"
+
+
+def shortcut_lines(audit):
+    "The shortcut audit's verdict on the training data (shortcuts.core.summary), or that none was run."
+    lines = ["## Shortcut audit", ""]
+    if not audit: return lines + ["Not run on this model's training data (`python -m cxr_fast audit RUN_DIR`).", ""]
+    return lines + [f"**{audit.get('level')}**: {audit.get('verdict')}", "",
+                    "From the training table's file facts and sources (`train` runs them; `python -m cxr_fast audit "
+                    "RUN_DIR` adds the border-only probes and Grad-CAM).", ""]
 
 
 def calibration_lines(facts):

@@ -1,7 +1,6 @@
 """Resume: checkpoints/last.pth after every epoch (weights, optimizer, RNG, trackers, history), best.pth, and
 the callbacks that write them; `--resume true` continues a killed run from its last finished epoch.
 """
-import random
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,7 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
+from fastai.torch_core import get_random_states, set_random_states
 from fastcore.foundation import L
 
 from .distributed import plain_dl, unwrap
@@ -19,7 +19,7 @@ from .table import write_atomic
 
 RESUME_FREE = ("resume", "overwrite", "tracker", "tracker_dir", "sync_bn")  # config keys a resumed run may change
 DERIVED = ("processes", "lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights",
-           "precision_used")  # not compared on resume
+           "precision_used", "bs_used")  # not compared on resume
 
 
 def epoch_was_run(learn):
@@ -135,22 +135,28 @@ def model_state(model):
 
 
 def rng_state(learn):
-    "Every random state training draws from: Python, numpy, torch (CPU and CUDA), the DataLoaders' own."
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "dl_train": plain_dl(learn.dls.train).rng.getstate(), "dl_valid": plain_dl(learn.dls.valid).rng.getstate()}
+    """Every random state training draws from: fastai's `get_random_states` (Python, numpy, torch CPU and CUDA, the
+    cuDNN flags) as `plain` values that torch.load(weights_only=True) reads, and the DataLoaders' own."""
+    return {**plain(get_random_states()), "dl_train": plain_dl(learn.dls.train).rng.getstate(),
+            "dl_valid": plain_dl(learn.dls.valid).rng.getstate()}
+
+
+OLD_RNG_KEYS = {"python": "random_state", "numpy": "numpy_state", "torch": "torch_state", "cuda": "torch_cuda_state"}
 
 
 def set_rng_state(learn, state):
-    "Restore what rng_state saved."
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    """Restore what rng_state saved through fastai's `set_random_states`, after turning the saved values back into
+    what it takes, which it does not do: tuples and a numpy array, CPU tensors (a checkpoint is loaded onto the
+    training device), no CUDA states without CUDA. Reads checkpoints written before (keys python, numpy, ...)."""
+    state = {OLD_RNG_KEYS.get(k, k): v for k, v in state.items()}
+    version, keys, gauss = state["random_state"]
+    name, np_keys, pos, has_gauss, cached = state["numpy_state"]
+    cuda = [s.cpu() for s in state["torch_cuda_state"]] if torch.cuda.is_available() else []
+    set_random_states(random_state=(version, tuple(keys), gauss),
+                      numpy_state=(name, np_keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached),
+                      torch_state=state["torch_state"].cpu(), torch_cuda_state=cuda,
+                      torch_deterministic=state.get("torch_deterministic", torch.backends.cudnn.deterministic),
+                      torch_benchmark=state.get("torch_benchmark", torch.backends.cudnn.benchmark))
     for dl, key in ((plain_dl(learn.dls.train), "dl_train"), (plain_dl(learn.dls.valid), "dl_valid")):
         version, keys, gauss = state[key]
         dl.rng.setstate((version, tuple(keys), gauss))

@@ -15,6 +15,7 @@ COMMANDS = {
     "download": ("cxr_fast.download", "download_command", "download a Kaggle dataset into data/"),
     "train": ("cxr_fast.training", "train_command", "train a model on a dataset and write a run folder"),
     "evaluate": ("cxr_fast.evaluation", "evaluate_command", "evaluate a trained model on a labelled dataset"),
+    "audit": ("cxr_fast.shortcuts.core", "audit_command", "shortcut audit of a dataset or a run: file facts, border, sources"),
     "predict": ("cxr_fast.inference", "predict_command", "predict images, folders, globs or a CSV of paths"),
     "export": ("cxr_fast.export", "export_command", "export a model dir to ONNX (model.onnx; --int8) for predict --engine onnx"),
     "recipe": ("cxr_fast.recipes", "recipe_command", "run a named experiment recipe (--list lists them)"),

@@ -25,7 +25,8 @@ ONNX_NAME, INT8_NAME = "model.onnx", "model.int8.onnx"
 META_KEY, WEIGHTS_KEY = "cxr_fast_model_json", "cxr_fast_weights_sha256"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # what predict needs to match its model dir exactly (weights are checked by their SHA-256)
-CHECKED_KEYS = ("arch", "classes", "n_out", "multilabel", "img_size", "resize_method", "preprocessing", "normalize",
+CHECKED_KEYS = ("arch", "classes", "n_out", "multilabel", "img_size", "resize_method", "preprocessing", "jpeg_quality",
+                "normalize",
                 "thresholds", "calibration")
 
 
@@ -34,7 +35,7 @@ def require_onnxruntime():
     try:
         import onnxruntime  # the `onnx` extra: only the onnx engine and export need it
     except ImportError:
-        raise CxrError("the onnx engine needs onnxruntime: pip install 'cxr_fast[onnx]' "
+        raise CxrError('the onnx engine needs onnxruntime: pip install "cxr_fast[onnx]" '
                        "(onnx, onnxruntime, onnxscript)") from None
     return onnxruntime
 

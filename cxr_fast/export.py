@@ -4,6 +4,9 @@
     python -m cxr_fast export runs/r18/model --int8 --calibrate data/some_images/   # + model.int8.onnx
     python -m cxr_fast predict runs/r18/model scans/ --engine onnx [--int8]
 
+`predict --engine onnx` exports model.onnx itself on first use (or when stale), into the model dir or, when that
+is read-only, a cache folder (onnx_file.ensure_onnx); model.int8.onnx needs `export --int8 --calibrate IMAGES`.
+
 The ONNX graph takes the same normalised float batch (N, 3, H, W) as the torch model, any batch size,
 and returns logits; the model dir's description (model.json) is stored in the file's metadata, with the
 SHA-256 of the weights it came from (engines.py checks both when loading). Export is checked: the ONNX
@@ -21,65 +24,19 @@ import json
 import logging
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .args import as_bool, as_int
-from .engines import (INPUT_NAME, INT8_NAME, META_KEY, ONNX_NAME, OUTPUT_NAME, WEIGHTS_KEY, OnnxModule,
-                      require_onnxruntime)
+from .engines import INPUT_NAME, INT8_NAME, ONNX_NAME, require_onnxruntime
 from .errors import CxrError
 from .inference import Predictor, collect_inputs
-from .modelio import file_sha256, find_model_dir, load_model_module
-from .table import write_atomic
+from .modelio import find_model_dir
+from .onnx_file import DEFAULT_OPSET, EXPORT_TOLERANCE, _run, _with_metadata, ensure_onnx, export_fp32  # noqa: F401
 
-DEFAULT_OPSET = 18
 INT8_OPS = ["Conv", "Add", "MaxPool", "Relu", "Clip"]  # the convolutional body; the head stays fp32
-EXPORT_TOLERANCE = 1e-3  # max |logit difference| ONNX fp32 vs torch fp32 on the check batch
-
-
-def _hw(img_size):
-    return (img_size, img_size) if isinstance(img_size, int) else (int(img_size[0]), int(img_size[1]))
-
-
-def _torch_export(model, x, path, opset):
-    "torch.onnx.export with a dynamic batch axis: the dynamo exporter, else the TorchScript one."
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), dynamo=True,
-                              opset_version=opset, external_data=False, verbose=False)
-        return "dynamo"
-    except Exception as first:  # an architecture torch.export cannot trace: the TorchScript exporter
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, (x,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}}, dynamo=False, opset_version=17)
-            return "torchscript"
-        except Exception as second:
-            raise CxrError(f"ONNX export failed: dynamo exporter: {type(first).__name__}: {first}; "
-                           f"TorchScript exporter: {type(second).__name__}: {second}") from None
-
-
-def _with_metadata(src, dest, props):
-    "Copy an ONNX file, adding string metadata (metadata_props); weights stay inline."
-    import onnx  # the `onnx` extra: loaded only by an export
-    proto = onnx.load(str(src))
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for k, v in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = k, v
-    write_atomic(dest, lambda p: onnx.save(proto, str(p)))
-
-
-def _run(path, x):
-    return OnnxModule(path)(x).numpy()
 
 
 def calibration_batches(model, meta, calibrate, n_images, batch_size=8):
@@ -137,27 +94,8 @@ def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_ima
         raise CxrError("--int8 needs --calibrate IMAGES: some tens of representative images (files, a folder, "
                        "a glob or a CSV of paths) to set the int8 ranges")
     folder = find_model_dir(model_dir)
-    model, meta = load_model_module(folder, device="cpu")
     out_dir = Path(out).expanduser() if out else folder
-    out_dir.mkdir(parents=True, exist_ok=True)
-    h, w = _hw(meta["img_size"])
-    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    props = {META_KEY: json.dumps(meta, default=str), WEIGHTS_KEY: file_sha256(folder / "model.pth"),
-             "cxr_fast_version": str(meta.get("cxr_fast_version", ""))}
-    result = {"model_dir": str(folder), "out": str(out_dir)}
-    with tempfile.TemporaryDirectory(prefix="cxr_onnx_") as tmp:
-        raw = Path(tmp) / "raw.onnx"
-        result["exporter"] = _torch_export(model, x, raw, opset)
-        _with_metadata(raw, out_dir / ONNX_NAME, props)
-    if out_dir.resolve() != folder.resolve():
-        shutil.copyfile(folder / "model.json", out_dir / "model.json")  # the description travels with it
-    check = torch.randn(3, 3, h, w, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode(): ref = model(check).numpy()
-    diff = float(np.abs(_run(out_dir / ONNX_NAME, torch.from_numpy(check.numpy())) - ref).max())
-    if diff > EXPORT_TOLERANCE:
-        raise CxrError(f"the exported ONNX model differs from torch by {diff:.2g} in the logits (over {EXPORT_TOLERANCE}); "
-                       f"not usable")
-    result.update(onnx=str(out_dir / ONNX_NAME), max_abs_logit_diff=diff)
+    model, meta, props, result = export_fp32(folder, out_dir, opset)
     if int8:
         batches = calibration_batches(model, meta, calibrate, as_int(calibration_images, "calibration-images", 1))
         with tempfile.TemporaryDirectory(prefix="cxr_int8_") as tmp:

@@ -68,17 +68,104 @@ def load_image(path, draft_size=None):
         raise DataError(f"{path}: cannot decode image ({e}); re-download or remove the file") from None
 
 
-PREPROCESS = {  # applied to the full-resolution grayscale image, before resizing, in training and predict alike
+CENTRAL_FIELD = 0.7  # the central field: the middle 70% of an image's width and height (the lungs of a frontal CXR)
+
+
+def central_box(width, height, field=CENTRAL_FIELD):
+    "(left, top, right, bottom) of the central field of a width x height image: the one definition everywhere."
+    mx, my = round(width * (1 - field) / 2), round(height * (1 - field) / 2)
+    return mx, my, max(mx + 1, width - mx), max(my + 1, height - my)
+
+
+def crop_field(img):
+    "The central field alone, cropped (then resized like any image): a border-free view at full resolution."
+    return img.crop(central_box(*img.size))
+
+
+def blank_border(img):
+    "The central field kept in place, everything outside it black: the model cannot read the border."
+    out = Image.new("L", img.size, 0)
+    box = central_box(*img.size)
+    out.paste(img.crop(box), box[:2])
+    return out
+
+
+def blank_center(img):
+    "The border only, the central field black: the audit's probe of what the border alone tells (not a mitigation)."
+    out = img.copy()
+    out.paste(0, central_box(*img.size))
+    return out
+
+
+def standardize(img):
+    """Intensity standardised per image: the 1st..99th percentile of the gray levels stretched to 0..255 (clipped),
+    so exposure and window differences between sites and devices stop meaning anything."""
+    arr = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(arr, (1, 99))
+    if hi - lo < 1: return img  # an almost constant image: nothing to stretch (the input guard flags it)
+    return Image.fromarray(np.clip((arr - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8), mode="L")
+
+
+PREPROCESS = {  # steps on the full-resolution grayscale image, before resizing, in training and predict alike
     "none": lambda img: img,
     "equalize": ImageOps.equalize,  # global histogram equalisation: evens out contrast between sources/devices
+    "standardize": standardize,     # percentile stretch (1..99): the same intensity range for every image
+    "crop-field": crop_field,       # the central field only (border suppression by cropping)
+    "blank-border": blank_border,   # the central field in place, border black (border suppression by blanking)
+    "blank-center": blank_center,   # the border only: the audit's probe
 }
 
 
+def preprocessing_steps(spec):
+    "A preprocessing pipeline ('standardize+crop-field': steps joined by '+', applied in order) as a list of names."
+    steps = [s.strip() for s in str(spec or "none").split("+") if s.strip() and s.strip() != "none"]
+    unknown = [s for s in steps if s not in PREPROCESS]
+    if unknown:
+        raise DataError(f"unknown preprocessing {unknown[0]!r}; choose steps from: {', '.join(PREPROCESS)} "
+                        f"(several joined by '+', e.g. standardize+crop-field)")
+    return steps
+
+
+def check_preprocessing(spec):
+    "The pipeline's canonical text ('none' when empty), or a one-line error naming the unknown step."
+    return "+".join(preprocessing_steps(spec)) or "none"
+
+
 def preprocess(img, name="none"):
-    "Apply a named preprocessing step (see PREPROCESS) to an 8-bit grayscale image."
-    if name not in PREPROCESS:
-        raise DataError(f"unknown preprocessing {name!r}; choose one of: {', '.join(PREPROCESS)}")
-    return PREPROCESS[name](img)
+    "Apply a preprocessing pipeline (PREPROCESS steps joined by '+') to an 8-bit grayscale image."
+    for step in preprocessing_steps(name):
+        img = PREPROCESS[step](img)
+    return img
+
+
+def jpeg_roundtrip(img, quality):
+    "The image passed through JPEG at `quality` (1-95), decoded again: the same compression path for every image."
+    import io
+    buf = io.BytesIO()
+    img.convert("L").save(buf, format="JPEG", quality=int(quality))  # the gray plane: an X-ray has no colour
+    buf.seek(0)
+    with Image.open(buf) as out:
+        out.load()
+        return out.convert(img.mode) if out.mode != img.mode else out
+
+
+def jpeg_range(value):
+    "--jpeg-quality 'LO:HI' (or one number, or a pair) -> (lo, hi) within 1..95; None/'none'/false: no re-encoding."
+    if value is None or value is False or str(value).strip().lower() in ("none", "off", "false", ""): return None
+    parts = list(value) if isinstance(value, (list, tuple)) else str(value).replace("..", ":").split(":")
+    try:
+        lo, hi = (int(float(parts[0])), int(float(parts[-1])))
+    except (ValueError, IndexError):
+        raise DataError(f"--jpeg-quality takes LO:HI (e.g. 30:95) or none, not {value!r}") from None
+    if not 1 <= lo <= hi <= 95:
+        raise DataError(f"--jpeg-quality {lo}:{hi}: need 1 <= LO <= HI <= 95")
+    return lo, hi
+
+
+def jpeg_eval_quality(jpeg_quality):
+    "The fixed quality of valid, test and predict for a training range (lo, hi): its middle."
+    lo, hi = jpeg_quality
+    return (lo + hi) // 2
 
 
 def to_rgb(img):

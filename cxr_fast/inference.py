@@ -47,7 +47,7 @@ from PIL import Image
 
 from .args import as_bool, as_float, as_int
 from .errors import CxrError, DataError, ModelFormatError
-from .images import IMAGE_SUFFIXES, is_dicom_file, load_image, preprocess
+from .images import IMAGE_SUFFIXES, is_dicom_file, jpeg_eval_quality, jpeg_roundtrip, load_image, preprocess
 from .gradcam import gradcam, overlay
 from .guards import safe_input_warnings
 from .machine import set_threads
@@ -212,6 +212,8 @@ class Predictor:
         self.img_size = meta["img_size"]
         self.resize = make_resizer(self.img_size, meta.get("resize_method", "squish"))
         self.preprocessing = meta.get("preprocessing", "none")  # as in training: before resizing
+        jpeg = meta.get("jpeg_quality")  # training's compression path: every image through JPEG after resizing
+        self.jpeg_quality = jpeg_eval_quality(jpeg) if jpeg else None
         norm = meta["normalize"]
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -257,10 +259,11 @@ class Predictor:
         from dataclasses import replace
 
         from .engines import load_onnx
+        from .onnx_file import ensure_onnx  # model.onnx exported on first use (or when stale), said in one line
         name = "auto" if precision is None else getattr(precision, "requested", precision)
         if bf16 or str(name).strip().lower() not in ("auto", "fp32"):
             raise CxrError(f"the onnx engine takes fp32 inputs (and runs int8 with --int8); drop --precision {name}")
-        module, meta = load_onnx(model_dir, int8=int8, device=device)
+        module, meta = load_onnx(ensure_onnx(model_dir, int8), int8=int8, device=device)
         p = resolve_precision("fp32", device="cpu", purpose="predict")
         p = replace(p, requested=str(name), channels_last=False,
                     reason=f"onnxruntime {'int8 (static QDQ)' if int8 else 'fp32'}, graph optimisations on")
@@ -276,6 +279,7 @@ class Predictor:
         try:
             gray = load_image(path)
             img = self.resize(preprocess(gray, self.preprocessing))
+            if self.jpeg_quality is not None: img = jpeg_roundtrip(img, self.jpeg_quality)
             x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
         except DataError as e:
             return str(e), ""
@@ -419,7 +423,8 @@ class Predictor:
         self.thresholds_for(threshold)  # fail on a bad threshold before the work
         paths, skipped = collect_inputs(inputs)
         if skipped:
-            print(f"skipped {len(skipped)} non-image file(s) in the input folders, e.g. {skipped[0]}", file=sys.stderr)
+            print(f"skipped {len(skipped)} non-image file(s) in the input folders (by file type; no row for them), "
+                  f"e.g. {skipped[0]}", file=sys.stderr)
         if not paths: raise CxrError(f"no images found in {inputs}")
         found = []
         probs, errors = self.predict_proba(paths, batch_size, tta, workers, gradcam, warnings_out=found)
@@ -523,7 +528,8 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, thresh
     thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
     heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
     fp32; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
-    --engine onnx runs the model.onnx `cxr_fast export` wrote with onnxruntime (--int8: model.int8.onnx,
+    --engine onnx runs model.onnx with onnxruntime (exported on first use, or into ~/.cache/cxr_fast/onnx when the
+    model dir is read-only; --int8: the model.int8.onnx `cxr_fast export --int8` wrote,
     faster; its probabilities differ from fp32's, by how much `export --int8` prints); --unsafe-pickle allows loading a
     fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
@@ -546,7 +552,10 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, thresh
               f"warning column), e.g. {flagged['path'].iloc[0]}: {flagged['warning'].iloc[0]}", file=sys.stderr)
     card = card_path(model_dir)
     if card is not None: print(f"model card (intended use, training data, limitations): {card}", file=sys.stderr)
-    if n_bad:
+    if n_bad and out is not None:  # one line; the list is the CSV's error rows
+        print(f"{n_bad} of {len(df)} image(s) could not be read: their rows in {out} say why (error column), e.g. "
+              f"{df.loc[df['error'] != '', 'error'].iloc[0]}", file=sys.stderr)
+    elif n_bad:
         print(f"{n_bad} of {len(df)} image(s) could not be read:", file=sys.stderr)
         for e in df.loc[df["error"] != "", "error"]: print(f"  {e}", file=sys.stderr)
     return 1 if n_bad else 0

@@ -63,6 +63,14 @@ def usable_cores():
     return max(1, min(cores, limit) if limit else cores)
 
 
+def default_workers(reserve=0, per_core=1, cap=4):
+    """Decoding workers (processes or threads) for this machine, the one rule: `per_core` per usable core (affinity
+    and cgroup quota, not the host's count), less `reserve` cores kept for the main process, at most `cap`, at
+    least 0. DataLoader processes: reserve=1 (on 2 cores a second process only competes with the model's
+    threads); decoding threads: reserve=0 (at least 1); I/O-bound file checks: per_core=2, cap=8."""
+    return max(0, min(cap, usable_cores() * per_core - reserve))
+
+
 def default_threads():
     """torch intra-op threads for this machine: OMP_NUM_THREADS when the user set it, else one per usable
     core (oneDNN convolutions scale with cores; more threads than cores only add contention)."""

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, multilabel_confusion_matrix,
-                             precision_recall_fscore_support, roc_auc_score)
+                             precision_recall_curve, precision_recall_fscore_support, roc_auc_score)
 
 from .errors import CxrError
 from .jsonio import jsonable
@@ -232,15 +232,11 @@ def best_f1_threshold(scores, positive):
     lowest score called positive and the next lower score. (None, None) without positives."""
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     if not positive.any(): return None, None
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], positive[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last position of each group of tied scores
-    tp, fp = np.cumsum(p)[last], np.cumsum(~p)[last]
-    f1 = 2 * tp / (tp + fp + positive.sum())
-    k = int(np.argmax(f1))  # ties: the highest threshold
-    nxt = s[last[k] + 1] if last[k] + 1 < len(s) else None
-    t = s[last[k]] if nxt is None else (s[last[k]] + nxt) / 2
-    return float(t), float(f1[k])
+    precision, recall, cut = precision_recall_curve(positive, scores)  # cut: the distinct scores, ascending
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.nan_to_num(2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1]))
+    k = int(np.nonzero(f1 >= f1.max() - 1e-12)[0].max())  # ties (up to rounding): the highest threshold
+    return float((cut[k] + cut[k - 1]) / 2 if k else cut[k]), float(f1[k])
 
 
 def tune_thresholds(Y, probs, classes, default=0.5):

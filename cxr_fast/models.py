@@ -17,7 +17,7 @@ import timm
 import torch
 from fastai.torch_core import apply_init
 from fastai.vision.all import imagenet_stats
-from fastai.vision.learner import _densenet_split, _resnet_split, _vgg_split, create_head, num_features_model
+from fastai.vision.learner import create_head, model_meta, num_features_model
 from torch import nn
 from torchvision import models as tvm
 
@@ -91,13 +91,18 @@ def _torchvision(fn, cut, split):
     return Arch("torchvision", lambda: named_body(fn(weights=None), cut), _group_split(split))
 
 
+def _fastai_meta(fn):
+    "(constructor, body cut, layer-group splitter) from fastai's model_meta."
+    return fn, model_meta[fn]["cut"], model_meta[fn]["split"]
+
+
 TORCHVISION = {  # name -> torchvision constructor, body cut (children kept), fastai layer-group splitter
-    "resnet18": (tvm.resnet18, -2, _resnet_split),
-    "resnet34": (tvm.resnet34, -2, _resnet_split),
-    "resnet50": (tvm.resnet50, -2, _resnet_split),
-    "vgg16": (tvm.vgg16, -2, _vgg16_split),
-    "vgg16_bn": (tvm.vgg16_bn, -2, _vgg_split),
-    "densenet121": (tvm.densenet121, -1, _densenet_split),
+    "resnet18": _fastai_meta(tvm.resnet18),
+    "resnet34": _fastai_meta(tvm.resnet34),
+    "resnet50": _fastai_meta(tvm.resnet50),
+    "vgg16": (tvm.vgg16, -2, _vgg16_split),  # model_meta has the VGGs with batch norm only
+    "vgg16_bn": _fastai_meta(tvm.vgg16_bn),
+    "densenet121": _fastai_meta(tvm.densenet121),
 }
 ARCHS = {name: _torchvision(*spec) for name, spec in TORCHVISION.items()}
 

@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from fastai.vision.all import Normalize
 from PIL import Image
-from sklearn.metrics import roc_curve
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay, roc_curve
 
 from .blocks import test_dl
 from .gradcam import gradcam, overlay
@@ -77,19 +77,18 @@ def plot_history(history, path):
 # ---- confusion matrices and ROC --------------------------------------------------------------
 
 def _matrix(ax, values, labels, title, fmt, xlabel="predicted", ylabel="true", text=None):
-    ax.imshow(np.nan_to_num(values, nan=0.0), cmap="Blues", vmin=0)
+    "scikit-learn's ConfusionMatrixDisplay on `ax`; a NaN cell (a row without images) reads n/a, `text` replaces the cells'."
+    values = np.asarray(values, dtype=float)
+    disp = ConfusionMatrixDisplay(np.nan_to_num(values, nan=0.0), display_labels=labels)
+    disp.plot(ax=ax, cmap="Blues", colorbar=False, values_format=fmt, im_kw={"vmin": 0}, text_kw={"fontsize": 8})
+    for (i, j), cell in np.ndenumerate(disp.text_):
+        if text is not None: cell.set_text(text[i][j])
+        elif not np.isfinite(values[i, j]): cell.set_text("n/a")
     ax.set_xticks(range(len(labels)), labels=labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    top = np.nanmax(values) if np.isfinite(values).any() else 0
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            v = values[i, j]
-            label = (text[i][j] if text is not None else ("n/a" if not np.isfinite(v) else format(v, fmt)))
-            ax.text(j, i, label, ha="center", va="center", fontsize=8,
-                    color="white" if np.isfinite(v) and top and v > top / 2 else "black")
 
 
 def plot_confusion(counts, labels, path, title=""):
@@ -128,7 +127,8 @@ def plot_roc(curves, path, title=""):
     ax = axes[0][0]
     for name, (fpr, tpr, auc) in curves.items():
         if fpr is None: ax.plot([], [], label=f"{name} (AUC n/a)")
-        else: ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+        else: RocCurveDisplay(fpr=fpr, tpr=tpr, roc_auc=auc, name=name).plot(
+            ax=ax, curve_kwargs={"label": f"{name} (AUC {auc:.3f})"})
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (1 - specificity)",
            ylabel="true positive rate (sensitivity)", title=f"ROC {title}".strip())

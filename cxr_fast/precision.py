@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.channelslast import ChannelsLast as FastaiChannelsLast
 from fastai.callback.fp16 import MixedPrecision
 
 from .errors import CxrError
@@ -211,30 +211,10 @@ def measure_bf16_cost(reps=3):
 
 # ---- training: fastai callbacks ---------------------------------------------------------------
 
-class CpuBF16Autocast(Callback):
-    "Run the forward pass and the loss under torch.autocast('cpu', bfloat16); backward and the step stay fp32."
-    order = 10
-
-    def before_batch(self):
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-        self.autocast.__enter__()
-
-    def after_loss(self):
-        self.autocast.__exit__(None, None, None)
-
-    def after_cancel_batch(self):
-        self.autocast.__exit__(None, None, None)
-
-    def after_pred(self):
-        if isinstance(self.learn.pred, torch.Tensor): self.learn.pred = self.learn.pred.float()
-
-
-class ChannelsLast(Callback):
-    "Keep the model and each batch in channels-last memory format (faster convolutions in cuDNN)."
+class ChannelsLast(FastaiChannelsLast):
+    """fastai's ChannelsLast (the model in channels-last memory format) that also converts each 4-D input batch,
+    which fastai's leaves as it is; at order 5, after TTAViews (evaluation.py) stacks its views, so they get it too."""
     order = 5
-
-    def before_fit(self):
-        self.learn.model.to(memory_format=torch.channels_last)
 
     def before_batch(self):
         xb = tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
@@ -243,8 +223,9 @@ class ChannelsLast(Callback):
 
 
 class DeviceMixedPrecision(MixedPrecision):
-    """fastai's MixedPrecision (autocast + GradScaler) on a chosen device type; fastai's own is CUDA-only.
-    With `scaler_state` (GradScaler.state_dict() of a checkpoint), the scaler resumes where it stopped."""
+    """fastai's MixedPrecision (autocast + GradScaler) on a chosen device type; fastai's own is CUDA-only, and leaves
+    autocast on when a batch is cancelled. With `scaler_state` (GradScaler.state_dict() of a checkpoint), the scaler
+    resumes where it stopped."""
 
     def __init__(self, amp_mode="fp16", device_type="cuda", scaler_state=None, **kwargs):
         super().__init__(amp_mode, **kwargs)
@@ -259,6 +240,16 @@ class DeviceMixedPrecision(MixedPrecision):
         self.learn.scaler = GradScaler(self.device_type, **self.kwargs)
         if self.scaler_state: self.learn.scaler.load_state_dict(self.scaler_state)
         self.scaler_state = None  # only the first fit after a resume starts from the saved scale
+
+    def after_cancel_batch(self):
+        "Leave autocast when a batch is cancelled (fastai's MixedPrecision stays in it)."
+        self.autocast.__exit__(None, None, None)
+
+
+class CpuBF16Autocast(DeviceMixedPrecision):
+    "bf16 autocast on the CPU for the forward pass and the loss (no gradient scaler); backward and the step stay fp32."
+
+    def __init__(self, **kwargs): super().__init__("bf16", "cpu", **kwargs)
 
 
 def scaler_state(learn):

@@ -192,6 +192,16 @@ def figures_section(figures, failures):
     return lines
 
 
+def audit_section(audit_json):
+    "The shortcut audit's verdict (audit.json beside the report, written by `train` or `audit`), with a link."
+    if not Path(audit_json).is_file(): return []
+    try:
+        verdict = json.loads(Path(audit_json).read_text())["verdict"]
+    except (ValueError, KeyError, OSError):
+        return []
+    return ["## Shortcut audit", "", f"**{verdict['level']}**: {verdict['text']} (details: [audit.md](audit.md))", ""]
+
+
 def write_report(out, title, result, figures=(), failures=(), table=None, config=None, extra=(), leakage=True):
     "Write `report.md` under `out`: synthetic-data warning, data, configuration, metrics, figures."
     sources = (list(table["source"].unique()) if table is not None and "source" in table
@@ -200,6 +210,7 @@ def write_report(out, title, result, figures=(), failures=(), table=None, config
     warning = synthetic_line(sources)
     if warning: lines += [warning, ""]
     lines += list(extra)
+    lines += audit_section(Path(out) / "audit.json")
     if table is not None: lines += data_section(table, leakage)
     lines += training_section(config, Path(out) / "history.csv")
     lines += config_section(config) + metrics_section(result) + calibration.report_lines(result)

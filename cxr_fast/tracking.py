@@ -267,6 +267,9 @@ class TensorBoardTracker(Tracker):
                 if self.offset is None: self.offset = steps_before * len(self.learn.dls.train)
                 super().before_fit()
 
+            def after_batch(self):  # fastai's also runs after valid batches, reading a train loss that may not exist
+                if self.training and hasattr(self.learn, "smooth_loss"): super().after_batch()
+
             def after_fit(self):
                 self.offset += self.learn.train_iter
                 super().after_fit()

@@ -11,6 +11,7 @@ table.csv/.json, checkpoints/{last,best}.pth, metrics.json/report.md/plots (eval
 import hashlib
 import inspect
 import json
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -33,8 +34,9 @@ from .card import data_facts, describe_provenance
 from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last, next_position,
                           resume_hook)
 from .data import load_table, typed_source_options
-from .errors import CxrError
-from .images import PREPROCESS
+from .errors import CxrError, DataError
+from .images import check_preprocessing, jpeg_range
+from .jsonio import read_json
 from .losses import LOSSES, inverse_frequency_weights, make_loss, resolve_loss_name
 from .modelio import save_model_dir
 from .models import build_model, check_arch, default_head, default_size, input_spec, splitter_for
@@ -124,11 +126,22 @@ def subsample_majority_train(table, fraction, seed=42):
     return out
 
 
-def sampling_weights(table):
-    """Oversampling weights, one per train row (in table order, as `blocks.get_dls(weights=)` takes them),
-    inverse to the frequency of the row's class in train (multi-label: of its label combination)."""
-    labels = label_strings(table[table["split"] == "train"])
-    return (1.0 / labels.map(labels.value_counts()).astype(float)).to_numpy()
+def sampling_weights(table, by_class=True, by_source=False):
+    """Sampling weights, one per train row (in table order, as `blocks.get_dls(weights=)` takes them), or None
+    when neither is asked for. by_class: inverse to the frequency of the row's class in train (multi-label: of its
+    label combination); by_source: each source weighs the same within a class (a class's rows of a source share
+    1 / (that count x the class's number of sources)), so that which source an image came from tells less."""
+    if not (by_class or by_source): return None
+    train = table[table["split"] == "train"]
+    labels = label_strings(train)
+    weights = 1.0 / labels.map(labels.value_counts()).astype(float) if by_class else labels.map(lambda _: 1.0)
+    if by_source:
+        pair = labels + "\x00" + train["source"].astype(str)
+        per_pair = pair.map(pair.value_counts()).astype(float)
+        sources_per_class = labels.map(train.groupby(labels)["source"].nunique()).astype(float)
+        class_size = labels.map(labels.value_counts()).astype(float)
+        weights = weights * class_size / (per_pair * sources_per_class)  # a class keeps its total weight
+    return weights.to_numpy(dtype=float)
 
 
 def class_weight_values(table, class_weights):
@@ -187,7 +200,7 @@ def resolve_config(c):
     c = {**c, "size": default_size(c["arch"]) if c["size"] is None else c["size"]}
     out = {**c}
     for key in ("pretrained", "lr_find", "oversample", "save_best", "train_bn", "export_pkl", "resume", "overwrite",
-                "concat_pool", "tta"):
+                "concat_pool", "tta", "balance_sources", "audit"):
         out[key] = as_bool(c[key], key.replace("_", "-"))
     for key in ("mixed_precision", "bf16"):  # deprecated aliases of --precision (precision.precision_from_aliases)
         out[key] = None if c[key] is None else as_bool(c[key], key.replace("_", "-"))
@@ -207,7 +220,8 @@ def resolve_config(c):
     out["loss"] = as_choice(c["loss"], LOSSES, "loss")
     out["aug"] = as_choice(c["aug"], AUG_PRESETS, "aug")
     out["resize_method"] = as_choice(c["resize_method"], RESIZE_METHODS, "resize-method")
-    out["preprocessing"] = as_choice(c["preprocessing"], PREPROCESS, "preprocessing")
+    out["preprocessing"] = check_preprocessing(c["preprocessing"])
+    out["jpeg_quality"] = jpeg_range(c["jpeg_quality"])
     out["class_weights"] = class_weights_option(c["class_weights"])
     out["cache"] = cache_option(c["cache"])
     if out["resume"] and out["overwrite"]: raise CxrError("--resume and --overwrite exclude each other")
@@ -281,10 +295,30 @@ def get_table(config, table, source_options):
     return table
 
 
+DROPPED_KINDS = ("missing_file", "unreadable", "not_an_image", "unknown_label")  # table problems that leave a file out
+
+
+def dropped_line(table, run_dir):
+    "One console line: how many files the table left out and where they are listed (None when none was)."
+    dropped = [p for p in table.attrs.get("problems", []) if p["kind"] in DROPPED_KINDS]
+    if not dropped: return None
+    kinds = Counter(p["kind"].replace("_", " ") for p in dropped)
+    return (f"left out {len(dropped)} file(s) ({', '.join(f'{k} {n}' for k, n in kinds.items())}): listed in "
+            f"{run_dir / 'table.json'} and, at the end of the run, {run_dir / 'report.md'}")
+
+
 def default_thresholds(classes, multilabel):
     "0.5 per class (multi-label) or for the positive class (binary); none for more classes."
     if multilabel: return {c: 0.5 for c in classes}
     return {"positive": 0.5} if len(classes) == 2 else {}
+
+
+def audit_summary(run_dir):
+    "The shortcut audit's verdict for model.json and the card (shortcuts.core.summary), when the run has an audit.json."
+    saved = read_json(Path(run_dir) / "audit.json") if run_dir is not None else None
+    if not (saved and saved.get("verdict")): return None
+    from .shortcuts.core import summary
+    return summary(saved)
 
 
 def model_meta(config, table, learn, results):
@@ -296,7 +330,7 @@ def model_meta(config, table, learn, results):
             "loss_options": {"label_smoothing": config["label_smoothing"], "focal_alpha": config["focal_alpha"],
                              "focal_gamma": config["focal_gamma"], "class_weights": config.get("class_weight_values")},
             "img_size": config["size"], "resize_method": config["resize_method"],
-            "preprocessing": config["preprocessing"], "tta": config["tta"],
+            "preprocessing": config["preprocessing"], "jpeg_quality": config.get("jpeg_quality"), "tta": config["tta"],
             "normalize": {"mean": list(imagenet_stats[0]), "std": list(imagenet_stats[1])},
             "input_adapter": input_spec(config["arch"]), "weights": getattr(learn, "start_weights", None),
             "thresholds": (results or {}).get("thresholds") or default_thresholds(classes, multilabel),
@@ -304,21 +338,43 @@ def model_meta(config, table, learn, results):
                      "split_method": table.attrs.get("split_method", "as given"),
                      "counts": summarize(table).to_dict(), **data_facts(table)},
             "training": {"pretrained": config["pretrained"], "weights": config["weights"], "plan": config["plan"],
-                         "seed": config["seed"]},
+                         "seed": config["seed"], "balance_sources": config.get("balance_sources", False)},
             "calibration": (results or {}).get("calibration") or {"method": "none"},
             "operating_point": (results or {}).get("operating_point"),
+            "audit": audit_summary(getattr(learn, "path", None)),
             "metrics": {k: v for k, v in (results or {}).items() if k not in ("thresholds", "calibration",
                                                                               "operating_point")}}
 
 
+def fit_batch_size(bs, n_train, processes=1):
+    """The batch size a run trains with, and a line saying why when it is not `bs`. fastai drops the last incomplete
+    training batch, so a batch larger than the train split (per process when distributed: fastai's DistributedDL
+    pads every shard to ceil(n / processes)) would mean an epoch without a single optimiser step. A training batch
+    needs 2 images: the head's BatchNorm normalises over the batch. Raises DataError when the split has fewer."""
+    per_process = -(-int(n_train) // max(1, int(processes)))
+    if per_process < 2:
+        raise DataError(f"the train split has {n_train} image(s); training needs at least 2 (the head's BatchNorm "
+                        f"normalises over a batch): add images, or lower --valid-pct/--test-pct")
+    if bs <= per_process: return bs, None
+    where = f"{per_process} per process of {processes}" if processes > 1 else f"{n_train} images"
+    return per_process, (f"batch size {per_process} (asked for {bs}): the train split has {where}, and fastai drops "
+                         f"an incomplete last batch")
+
+
 def build_learner(config, table, run_dir, cbs=None):
-    "DataLoaders + loss + cxr_learner for a resolved configuration (seeded)."
+    """DataLoaders + loss + cxr_learner for a resolved configuration (seeded); the batch size fitted to the train
+    split (fit_batch_size: config['bs_used'])."""
     set_seed(config["seed"], reproducible=True)
     multilabel = is_multilabel(table)
-    dls = get_dls(table, size=config["size"], bs=config["bs"], aug=config["aug"], resize_method=config["resize_method"],
+    n_train = int((table["split"] == "train").sum())
+    bs, note = fit_batch_size(config["bs"], n_train, config.get("processes") or distributed.world_size())
+    if note and distributed.is_main(): print(note)
+    config["bs_used"] = bs
+    dls = get_dls(table, size=config["size"], bs=bs, aug=config["aug"], resize_method=config["resize_method"],
                   num_workers=config["num_workers"], seed=config["seed"], cache=config["cache"] or None,
-                  preprocessing=config["preprocessing"],
-                  weights=sampling_weights(table) if config["oversample"] else None)
+                  preprocessing=config["preprocessing"], jpeg_quality=config.get("jpeg_quality"),
+                  weights=sampling_weights(table, config["oversample"], config.get("balance_sources", False)))
+    if len(dls.train) == 0: raise DataError(f"no full training batch of {bs} in {n_train} train images")
     loss = make_loss(config["loss"], multilabel, config.get("class_weight_values"), config["label_smoothing"],
                      config["focal_alpha"], config["focal_gamma"])
     opt_func, default_wd = OPTIMIZERS[config["opt"]]
@@ -335,6 +391,20 @@ def build_learner(config, table, run_dir, cbs=None):
     return learn
 
 
+def run_fast_audit(table, run_dir):
+    """The shortcut audit's fast parts (file facts, sources: headers only) on the training table: RUN_DIR/audit.json
+    and audit.md; the verdict goes into report.md and the model card, and is printed."""
+    from .shortcuts.core import fast_audit, write_audit
+    try:
+        result = {"subject": f"training table of {run_dir}", **fast_audit(table)}
+    except Exception as e:  # a diagnostic must not stop training: say so and go on
+        print(f"shortcut audit not run: {type(e).__name__}: {e}")
+        return None
+    write_audit(result, run_dir)
+    print(f"shortcut audit ({result['verdict']['level']}): {result['verdict']['text']} ({run_dir / 'audit.md'})")
+    return result
+
+
 def find_lr(learn, config, saved):
     "lr_find's valley when asked for (or when a stage's lr is 'auto'); a resumed run reuses the saved one."
     if saved is not None and saved.get("lr_suggestion") is not None: return saved["lr_suggestion"]
@@ -345,7 +415,7 @@ def find_lr(learn, config, saved):
 def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out=None, plan=None, epochs=5,
           freeze_epochs=1, lr=2e-3, lr_find=False, pretrained=True, weights=None, hidden=None, dropout=0.5,
           concat_pool=True, opt="adamw", wd=None, clip=None, bs=32, size=None, aug="cxr", resize_method="squish",
-          preprocessing="none",
+          preprocessing="none", jpeg_quality=None, balance_sources=False, audit=True,
           seed=42, loss="auto", label_smoothing=0.0, class_weights=None, focal_alpha=1.0, focal_gamma=2.0,
           calibrate=True, target_sensitivity=0.95, tta=False,
           subsample_majority=None, oversample=False, monitor="valid_loss", save_best=True, patience=None,
@@ -371,8 +441,17 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       wd: weight decay; clip: gradient-norm clipping (fastai GradientClip)
       bs, size, aug, resize_method, seed: batch size, image size, augmentation preset, squish/pad/crop, seed
         (size: the arch's pretraining size when None: 224, 512 for xrv-resnet50-res512-all, 240/260 for lite1/2)
-      preprocessing: none or equalize (histogram equalisation at full resolution, before resizing; saved in
-        model.json so predict does the same)
+      preprocessing: a pipeline of steps joined by '+', at full resolution before resizing, saved in model.json so
+        predict does the same: none, equalize (histogram equalisation), standardize (1..99th percentile stretch),
+        crop-field (the central field only), blank-border (the border outside the central field black),
+        blank-center (the border only: the audit's probe); e.g. 'standardize+crop-field'
+      jpeg_quality: 'LO:HI' passes every image through JPEG after resizing, at a random quality in [LO, HI] in
+        training and the middle of it in valid, test and predict (saved in model.json), so compression stops
+        telling sources apart; none: no re-encoding
+      balance_sources: sample train rows so that each source weighs the same within each class (several sources
+        joined by '+'); with oversample, each class weighs the same too
+      audit: run the audit's fast parts (file facts, sources) on the table and put its verdict in report.md and
+        the model card (audit.py)
       loss: auto (ce or bce), ce, bce, focal (focal_alpha, focal_gamma); label_smoothing (ce);
         class_weights: 'auto' (inverse train frequency), a list or {class: weight} (single-label)
       subsample_majority: keep this fraction of the majority class's train patients; oversample: weighted sampling
@@ -423,6 +502,8 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
     config["class_weight_values"] = class_weight_values(table, config["class_weights"])
     config["cxr_fast_version"] = __version__
     if distributed.is_main(): write_table(table, run_dir / "table.csv")
+    if distributed.is_main() and dropped_line(table, run_dir): print(dropped_line(table, run_dir))
+    if distributed.is_main() and config["audit"]: run_fast_audit(table, run_dir)
     learn = build_learner(config, table, run_dir)
     check_plan(learn, config["plan"])
     config["lr_suggestion"] = distributed.broadcast_object(find_lr(learn, config, saved))
@@ -482,7 +563,8 @@ def train_command(source, root, task=None, out=None, **options):
     --target-sensitivity 0.95 (binary: the operating point chosen on valid; none: 0.5), --arch, --plan 'head:2@1e-3,all:3@1e-5:1e-3',
     --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
     --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
-    --seed, --preprocessing none|equalize, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
+    --seed, --preprocessing none|equalize|standardize|crop-field|blank-border (steps joined by '+'),
+    --jpeg-quality LO:HI, --balance-sources, --audit true|false, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
     --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --bn-stats train|frozen|fixed,
     --precision auto|fp32|bf16|fp16 (--bf16, --mixed-precision: deprecated aliases), --cache, --export-pkl,
     --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,

@@ -47,10 +47,10 @@ from pathlib import Path
 from fastai.callback.core import Callback
 
 from .args import as_bool, as_choice, as_float, as_int, to_argv
+from .data import source_option_names
 from .errors import CxrError
 from .evaluation import compare, compare_markdown
 from .recipes import get_recipe, resolve_args, run_recipe
-from .sources import get_source
 from .table import write_atomic
 from .tracking import epoch_log, epoch_ran, tracking_context
 from .training import train
@@ -83,7 +83,7 @@ class TrainTarget:
     def check(self, space):
         "Fail before any trial on a parameter train does not have (or one tune sets itself)."
         known = set(inspect.signature(train).parameters) - {"table", "cbs", "source_options", "out", "source", "root"}
-        known |= source_options(self.source)
+        known |= set(source_option_names(self.source))
         for name in space:
             if name == "out": raise CxrError("--space out: each trial's run folder is chosen by tune (OUT/trial-NNNN)")
             if name not in known:
@@ -124,17 +124,6 @@ class RecipeTarget:
 
     def command(self, params, out="runs/best"):
         return ["python", "-m", "cxr_fast", "recipe", self.recipe.name] + to_argv({**self.fixed, **params, "out": out})
-
-
-def source_options(source):
-    "The options the source(s) of SOURCE ('a+b' for several) take besides root, task and seed."
-    names = set()
-    for name in str(source).split("+"):
-        try:
-            names |= set(inspect.signature(get_source(name.strip()).load).parameters) - {"root", "task", "seed"}
-        except CxrError:
-            continue  # train itself reports an unknown source
-    return names
 
 
 def objective_value(values, metric, direction):

@@ -17,6 +17,18 @@ def toy(n=2000, n_classes=3, scale=1.5, seed=0, multilabel=False):
     return z, (p.cumsum(1) < rng.random((n, 1))).sum(1)
 
 
+def test_one_activation_for_torch_and_numpy():
+    import torch
+    from cxr_fast.activations import activate
+    z = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]])
+    for multilabel, ref in ((False, torch.softmax(torch.tensor(z), 1)), (True, torch.sigmoid(torch.tensor(z)))):
+        probs = activate(z, multilabel)
+        assert probs.dtype == np.float64 and np.allclose(probs, ref.numpy())
+        t = activate(torch.tensor(z, dtype=torch.float32), multilabel)
+        assert t.dtype == torch.float32 and torch.allclose(t, ref.float())
+    assert cal.activation is activate
+
+
 def test_ece_of_known_bins():
     conf = np.array([0.9] * 10)
     correct = np.array([1] * 5 + [0] * 5)

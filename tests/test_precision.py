@@ -182,6 +182,17 @@ def test_threads_follow_the_machine(monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_one_worker_rule_reads_the_usable_cores(monkeypatch):
+    from cxr_fast import machine
+    monkeypatch.setattr(machine, "usable_cores", lambda: 2)
+    assert machine.default_workers(reserve=1) == 1 and machine.default_workers() == 2  # processes; threads
+    assert machine.default_workers(per_core=2, cap=8) == 4
+    monkeypatch.setattr(machine, "usable_cores", lambda: 1)
+    assert machine.default_workers(reserve=1) == 0 and machine.default_workers() == 1
+    monkeypatch.setattr(machine, "usable_cores", lambda: 64)
+    assert machine.default_workers(reserve=1) == 4 and machine.default_workers(per_core=2, cap=8) == 8
+
+
 def test_machine_info_records_what_a_benchmark_needs():
     info = machine_info(workers=0, precision="fp32", shared=True)
     for key in ("cpu_model", "cpu_flags", "cpu_flags_speed", "usable_cores", "torch", "torch_threads", "gpu"):
@@ -192,22 +203,13 @@ def test_machine_info_records_what_a_benchmark_needs():
 # ---- on a GPU (skipped without CUDA) ------------------------------------------------------------
 
 @pytest.mark.gpu
-def test_fp16_channels_last_training_on_cuda_and_scaler_state():
+@pytest.mark.parametrize("precision", ["auto", "bf16"])  # auto: fp16 + GradScaler + channels-last; bf16 autocast
+def test_mixed_precision_training_on_cuda(precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported(): pytest.skip("this GPU has no bf16")
     learn = _synth_learner()
     learn.dls.to("cuda")
     learn.model.cuda()
-    P.apply_precision(learn, P.decide_precision("auto", "cuda"))
-    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
-    assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
-
-
-@pytest.mark.gpu
-def test_bf16_autocast_on_cuda_runs():
-    if not torch.cuda.is_bf16_supported(): pytest.skip("this GPU has no bf16")
-    learn = _synth_learner()
-    learn.dls.to("cuda")
-    learn.model.cuda()
-    P.apply_precision(learn, P.decide_precision("bf16", "cuda"))
+    P.apply_precision(learn, P.decide_precision(precision, "cuda"))
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
     assert torch.isfinite(torch.tensor(learn.recorder.losses)).all()
 

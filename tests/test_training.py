@@ -282,6 +282,25 @@ def test_resume_after_kill_matches_an_uninterrupted_run(phantoms, tmp_path):
         assert all(torch.equal(wa[n], wb[n]) for n in wa)
 
 
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    "fastai's random states, saved as last.pth saves them, restore every generator (and old checkpoints' keys load)."
+    import random
+
+    import numpy as np
+    from fastai.test_utils import synth_learner
+
+    from cxr_fast.checkpoints import OLD_RNG_KEYS, rng_state, set_rng_state
+    learn = synth_learner(n_trn=3)
+    torch.save(rng_state(learn), tmp_path / "rng.pth")
+    draw = lambda: (random.random(), np.random.rand(), torch.rand(1).item(), learn.dls.train.rng.random())
+    first = draw()
+    state = torch.load(tmp_path / "rng.pth", weights_only=True)
+    set_rng_state(learn, state)
+    assert draw() == first
+    set_rng_state(learn, {({v: k for k, v in OLD_RNG_KEYS.items()}).get(k, k): v for k, v in state.items()})
+    assert draw() == first
+
+
 class FlatMonitor(Callback):
     "Make valid_loss look flat, so early stopping fires deterministically."
     order = 55  # after the Recorder, before the trackers

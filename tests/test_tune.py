@@ -66,6 +66,8 @@ def test_names_are_checked_before_any_trial(phantom_root):
         target.check(parse_space("learning_rate=1e-4..1e-2"))
     with pytest.raises(CxrError, match="has no parameter --nope"):
         RecipeTarget("resnet18", quick=True).check(parse_space("nope=1|2"))
+    from cxr_fast.data import source_option_names  # the options train, table and tune all take from a source
+    assert "patients_per_class" in source_option_names("phantom+nope") and source_option_names("table") == []
 
 
 def test_pruning_monitor_signs():
