@@ -1,4 +1,6 @@
 """File facts and sources of the shortcut audit: planted shortcuts are found, noise is not, bad input is reported."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,11 +141,11 @@ def test_class_with_too_few_patients_is_a_limitation(tmp_path):
 def test_inputs_are_not_modified(tmp_path):
     table = make_table(tmp_path, per_class=10)
     before = table.copy()
-    stats = {p: (open(p, "rb").read(), __import__("os").stat(p).st_mtime_ns) for p in table["path"]}
+    stats = {p: (open(p, "rb").read(), os.stat(p).st_mtime_ns) for p in table["path"]}
     file_facts(table)
     source_audit(table)
     pd.testing.assert_frame_equal(table, before)
-    assert all((open(p, "rb").read(), __import__("os").stat(p).st_mtime_ns) == s for p, s in stats.items())
+    assert all((open(p, "rb").read(), os.stat(p).st_mtime_ns) == s for p, s in stats.items())
 
 
 def test_multilabel_is_one_binary_problem_per_label(tmp_path):

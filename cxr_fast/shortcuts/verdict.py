@@ -36,10 +36,9 @@ def class_findings(cls, file_facts, pixel, full_auc):
         named = _facts_named(file_facts, cls, "acquisition") or "acquisition facts"
         parts.append(f"from file facts alone ({named}: AUROC {acq:.2f})")
         level = max(level, 2 if acq >= STRONG else 1)
-    elif every is not None and every >= NOTABLE:
+    elif every is not None and every >= NOTABLE:  # content-mixed: a note, not a shortcut on its own
         parts.append(f"from file size alone (AUROC {every:.2f}; acquisition facts {fmt(acq, 2)}), which for lossless "
                      f"files partly tracks image content")
-        level = max(level, 1)
     if border is not None and border >= NOTABLE:
         parts.append(f"from the image border alone (the central {CENTRAL_FIELD:.0%} blanked: AUROC {border:.2f})")
         level = max(level, 2 if border >= STRONG else 1)
@@ -67,13 +66,14 @@ def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None):
             findings.append(f"The model's Grad-CAM puts {out:.0%} of its mass outside the central field "
                             f"(a uniform map: {uniform:.0%}): it looks at the border.")
             level = max(level, 1)
-    if not findings:
+    if level == 0:  # nothing but content-mixed notes, or nothing at all
+        notes = " ".join(findings)
         best_acq = max((v for v in ((file_facts or {}).get("acquisition") or {}).get("auroc", {}).values()
                         if v is not None), default=None)
         text = ("No shortcut found by these tests" + (f" (file facts: AUROC at most {best_acq:.2f})" if best_acq else "") +
                 ". That does not make the model free of shortcuts: only these tests found none; evaluate it on "
-                "another source (`evaluate`).")
-        return {"level": "none", "findings": [], "text": text}
+                "another source (`evaluate`)." + (f" Note: {notes}" if notes else ""))
+        return {"level": "none", "findings": findings, "text": text}
     names = {2: "shortcut", 1: "warning"}
     return {"level": names[level], "findings": findings, "text": " ".join(findings)}
 
