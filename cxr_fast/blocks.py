@@ -94,8 +94,8 @@ def default_num_workers(cached=False):
     worker process only competes with the model's threads: 18.6 vs 14.7 img/s training fp32). Cores are
     the ones this process may use (machine.usable_cores: affinity and cgroup quota), not the host's."""
     if cached: return 0
-    from .machine import usable_cores
-    return max(0, min(4, usable_cores() - 1))
+    from .machine import default_workers
+    return default_workers(reserve=1)
 
 
 def cxr_datablock(table, size=224, aug="cxr", resize_method="squish", cache=None, preprocessing="none",

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 
+from .activations import activate
 from . import calibration
 from .args import as_choice, as_int
 from .blocks import test_dl
@@ -40,7 +41,7 @@ def learner_probs(learn, part, multilabel):
     with (learn.no_bar() if hasattr(learn, "no_bar") else nullcontext()):
         probs, _ = learn.get_preds(dl=dl, with_decoded=False)
     if getattr(learn.loss_func, "activation", None) is None:  # a plain torch loss: these are logits
-        probs = torch.sigmoid(probs) if multilabel else torch.softmax(probs, dim=1)
+        probs = activate(probs, multilabel)
     return probs.float().cpu().numpy()
 
 

@@ -163,15 +163,17 @@ def ensure_onnx(model_dir, int8=False, log=None):
     if int8 or Path(model_dir).suffix == ".onnx": return path
     folder = find_model_dir(model_dir)
     if not (folder / "model.pth").is_file(): return path
-    require_export()
+    require_onnxruntime()
     say = log or (lambda line: print(line, file=sys.stderr))
     local = folder / ONNX_NAME
     if is_fresh(local, folder): return local
     why = f"{local} is stale (other weights or model.json)" if local.is_file() else f"no {ONNX_NAME} in {folder}"
     if writable(folder):
+        require_export()
         say(f"onnx engine: {why}; exporting it now (once, reused after): {local}")
         return _export_into(folder, local)
     cached = onnx_cache_dir() / _cache_key(folder) / ONNX_NAME
     if is_fresh(cached, folder): return cached
+    require_export()
     say(f"onnx engine: {why}, and {folder} is read-only; exporting to the cache (reused after): {cached}")
     return _export_into(folder, cached)

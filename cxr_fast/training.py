@@ -314,10 +314,10 @@ def default_thresholds(classes, multilabel):
 
 
 def audit_summary(run_dir):
-    "The shortcut audit's verdict for model.json and the card (shortcuts.core.summary), when the run has an audit.json."
+    "The shortcut audit's verdict for model.json and the card (shortcuts.fast.summary), when the run has an audit.json."
     saved = read_json(Path(run_dir) / "audit.json") if run_dir is not None else None
     if not (saved and saved.get("verdict")): return None
-    from .shortcuts.core import summary
+    from .shortcuts.fast import summary
     return summary(saved)
 
 
@@ -394,8 +394,8 @@ def build_learner(config, table, run_dir, cbs=None):
 def run_fast_audit(table, run_dir):
     """The shortcut audit's fast parts (file facts, sources: headers only) on the training table: RUN_DIR/audit.json
     and audit.md; the verdict goes into report.md and the model card, and is printed."""
-    from .shortcuts.core import fast_audit, write_audit
     try:
+        from .shortcuts.fast import fast_audit, write_audit
         result = {"subject": f"training table of {run_dir}", **fast_audit(table)}
     except Exception as e:  # a diagnostic must not stop training: say so and go on
         print(f"shortcut audit not run: {type(e).__name__}: {e}")

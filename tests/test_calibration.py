@@ -232,14 +232,16 @@ def test_training_fits_a_temperature_that_predict_applies(trained):
     assert (calibrated.argmax(1) == raw.argmax(1)).all()
 
 
-def test_test_ece_does_not_get_worse_on_phantoms(trained):
+def test_temperature_fitted_on_valid_and_reported_for_test(trained):
     root, _, result = trained
     saved = read(root / "run" / "metrics.json")
     for split in ("valid", "test"):
         c = saved[split]["calibration"]
         assert c["ece"] is not None and c["before"]["ece"] is not None and len(c["bins"]) == cal.N_BINS
     assert saved["valid"]["calibration"]["nll"] <= saved["valid"]["calibration"]["before"]["nll"] + 1e-9  # fitted there
-    assert saved["test"]["calibration"]["ece"] <= saved["test"]["calibration"]["before"]["ece"]
+    # Test ECE is reported, not promised: on this test's 45 test images the same training improved it on an
+    # AVX-512 BF16 machine (bf16) and worsened it on an AVX2 one (fp32: 0.111 -> 0.160), while valid NLL improved on both.
+    assert 0 <= saved["test"]["calibration"]["ece"] <= 1
     report = (root / "run" / "report.md").read_text()
     assert "## Calibration" in report and "ECE before" in report and "](reliability_test.png)" in report
     assert (root / "run" / "reliability_test.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,11 +13,10 @@ finds; bad input (one class, no such data) is a one-line error.
 from pathlib import Path
 
 from ..errors import CxrError, DataError
-from ..jsonio import read_json, write_json
-from ..table import classes_of, read_table, write_atomic
-from .file_facts import file_facts, read_facts
-from .sources import source_audit
-from .verdict import render, verdict
+from ..jsonio import read_json
+from ..table import classes_of, read_table
+from .fast import _ok, fast_audit, summary, write_audit  # noqa: F401  (summary: part of the audit's API)
+from .verdict import verdict
 
 GRADCAM_MAX_IMAGES = 200  # Grad-CAM over at most this many held-out images (a CPU minute or two)
 
@@ -26,44 +25,6 @@ def is_run_dir(path):
     "A training run folder: config.json beside table.csv (what `train` writes)."
     path = Path(str(path)).expanduser()
     return (path / "config.json").is_file() and (path / "table.csv").is_file()
-
-
-def fast_audit(table, folds=5, seed=0):
-    """The audit's fast parts (file facts and sources) on a table: what `train` runs by default. A table the file
-    facts cannot judge (a class with too few patients...) gets its reason as the verdict, never an exception."""
-    result, limitations = {}, []
-    try:
-        facts = read_facts(table["path"])
-        result["file_facts"] = file_facts(table, folds=folds, seed=seed, facts=facts)
-        limitations += result["file_facts"].get("limitations", [])
-        result["sources"] = source_audit(table, facts=facts, seed=seed)
-    except DataError as e:
-        result["file_facts"] = {"error": str(e)}
-        limitations.append(f"file facts not run: {e}")
-    result["limitations"] = limitations
-    result["verdict"] = verdict(_ok(result.get("file_facts")), result.get("sources"))
-    return result
-
-
-def _ok(part):
-    return None if not part or part.get("error") else part
-
-
-def summary(result):
-    "What the model card and model.json keep of an audit: the verdict and the per-class AUROCs."
-    ff = _ok(result.get("file_facts")) or {}
-    pixel = _ok(result.get("pixel")) or {}
-    return {"level": result["verdict"]["level"], "verdict": result["verdict"]["text"],
-            "file_facts_auroc": ff.get("auroc"), "acquisition_auroc": (ff.get("acquisition") or {}).get("auroc"),
-            "border_only_auroc": (pixel.get("border_only") or {}).get("auroc")}
-
-
-def write_audit(result, out):
-    "DIR/audit.json and DIR/audit.md (atomic)."
-    out = Path(out)
-    write_json(out / "audit.json", result)
-    write_atomic(out / "audit.md", lambda p: p.write_text(render(result)))
-    return out
 
 
 def dataset_table(source, root, task, probes, valid_pct, test_pct, seed, classes, source_options):
