@@ -64,13 +64,19 @@ def load_results(path):
     return {"scratch": old}
 
 
-def main():
+def data_arguments(name, results):
+    "An argument parser with the shared data (--dark, --hack), the run folders under bench/tmp/NAME and --out."
     p = argparse.ArgumentParser()
     shared = HERE.parents[1] / "shared" / "data"
     p.add_argument("--dark", default=str(shared / "darkcovidnet"))
     p.add_argument("--hack", default=str(shared / "coronahack"))
-    p.add_argument("--runs", default=str(HERE / "tmp" / "cross"))
-    p.add_argument("--out", default=str(HERE / "cross_source.json"))
+    p.add_argument("--runs", default=str(HERE / "tmp" / name))
+    p.add_argument("--out", default=str(HERE / results))
+    return p
+
+
+def main():
+    p = data_arguments("cross", "cross_source.json")
     p.add_argument("--hack-epochs", type=int, default=4)
     p.add_argument("--hack-size", type=int, default=128)
     p.add_argument("--experiment", default="scratch", help="scratch or pretrained (the recipes' configurations)")

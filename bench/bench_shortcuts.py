@@ -12,7 +12,6 @@ For an experiment (the pretrained or the from-scratch DarkCovidNet recipe) and a
 Resumable: a (experiment, mitigation, seed) already in --out is not run again. Results: --out (JSON) and the
 markdown table beside it, with the machine.
 """
-import argparse
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "recipes"))
 import darkcovidnet_pretrained  # noqa: E402
 import darkcovidnet_scratch  # noqa: E402
+from bench_cross_source import data_arguments  # noqa: E402
 
 from cxr_fast.data import load_table  # noqa: E402
 from cxr_fast.inference import load_model  # noqa: E402
@@ -104,12 +104,7 @@ def markdown(results, machine):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    shared = HERE.parents[1] / "shared" / "data"
-    p.add_argument("--dark", default=str(shared / "darkcovidnet"))
-    p.add_argument("--hack", default=str(shared / "coronahack"))
-    p.add_argument("--runs", default=str(HERE / "tmp" / "shortcuts"))
-    p.add_argument("--out", default=str(HERE / "shortcuts.json"))
+    p = data_arguments("shortcuts", "shortcuts.json")
     p.add_argument("--experiments", default="pretrained")
     p.add_argument("--mitigations", default="none,all")
     p.add_argument("--seeds", default="42")

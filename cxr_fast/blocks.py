@@ -54,11 +54,11 @@ class JpegRecompress(RandTransform):
     def __init__(self, quality_range):
         super().__init__()
         self.lo, self.hi = quality_range
-        self.quality = jpeg_eval_quality(quality_range)
+        self.quality = self.eval_quality = jpeg_eval_quality(quality_range)
 
     def before_call(self, b, split_idx):
         self.do = True
-        self.quality = random.randint(self.lo, self.hi) if split_idx == 0 else jpeg_eval_quality((self.lo, self.hi))
+        self.quality = random.randint(self.lo, self.hi) if split_idx == 0 else self.eval_quality
 
     def encodes(self, img: PILImage): return type(img)(jpeg_roundtrip(img, self.quality))
 

@@ -141,7 +141,7 @@ def model_card_html(name, meta, model_dir):
              _metrics_table(external) or "<p>None recorded for this model (run <code>cxr_fast evaluate</code> "
                                          "on another labelled dataset to add them).</p>"]
     if notes: parts.append("<ul class='notes'>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
-    audit = extra.get("shortcut_audit") or meta.get("audit")
+    audit = extra.get("shortcut_audit")
     if isinstance(audit, dict) and audit.get("verdict"):
         parts += ["<h4>Shortcut audit</h4>", f"<p class='shortcut-audit {html.escape(str(audit.get('level')))}'>"
                   f"<b>{html.escape(str(audit.get('level')))}</b>: {html.escape(str(audit['verdict']))}</p>"]

@@ -134,12 +134,12 @@ def sampling_weights(table, by_class=True, by_source=False):
     if not (by_class or by_source): return None
     train = table[table["split"] == "train"]
     labels = label_strings(train)
-    weights = 1.0 / labels.map(labels.value_counts()).astype(float) if by_class else labels.map(lambda _: 1.0)
+    class_size = labels.map(labels.value_counts()).astype(float)
+    weights = 1.0 / class_size if by_class else class_size.map(lambda _: 1.0)
     if by_source:
         pair = labels + "\x00" + train["source"].astype(str)
         per_pair = pair.map(pair.value_counts()).astype(float)
         sources_per_class = labels.map(train.groupby(labels)["source"].nunique()).astype(float)
-        class_size = labels.map(labels.value_counts()).astype(float)
         weights = weights * class_size / (per_pair * sources_per_class)  # a class keeps its total weight
     return weights.to_numpy(dtype=float)
 
@@ -451,7 +451,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
       balance_sources: sample train rows so that each source weighs the same within each class (several sources
         joined by '+'); with oversample, each class weighs the same too
       audit: run the audit's fast parts (file facts, sources) on the table and put its verdict in report.md and
-        the model card (audit.py)
+        the model card (cxr_fast.shortcuts)
       loss: auto (ce or bce), ce, bce, focal (focal_alpha, focal_gamma); label_smoothing (ce);
         class_weights: 'auto' (inverse train frequency), a list or {class: weight} (single-label)
       subsample_majority: keep this fraction of the majority class's train patients; oversample: weighted sampling
@@ -502,7 +502,7 @@ def train(source=None, root=None, task=None, *, table=None, arch="resnet18", out
     config["class_weight_values"] = class_weight_values(table, config["class_weights"])
     config["cxr_fast_version"] = __version__
     if distributed.is_main(): write_table(table, run_dir / "table.csv")
-    if distributed.is_main() and dropped_line(table, run_dir): print(dropped_line(table, run_dir))
+    if distributed.is_main() and (line := dropped_line(table, run_dir)): print(line)
     if distributed.is_main() and config["audit"]: run_fast_audit(table, run_dir)
     learn = build_learner(config, table, run_dir)
     check_plan(learn, config["plan"])

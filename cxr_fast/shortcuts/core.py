@@ -12,10 +12,11 @@ finds; bad input (one class, no such data) is a one-line error.
 """
 from pathlib import Path
 
-from ..errors import CxrError, DataError
+from ..errors import CxrError
 from ..jsonio import read_json
-from ..table import classes_of, read_table
-from .fast import _ok, fast_audit, summary, write_audit  # noqa: F401  (summary: part of the audit's API)
+from ..table import read_table
+from .fast import fast_audit, succeeded, write_audit
+from .file_facts import require_two_classes
 from .verdict import verdict
 
 GRADCAM_MAX_IMAGES = 200  # Grad-CAM over at most this many held-out images (a CPU minute or two)
@@ -63,9 +64,7 @@ def audit(source, root=None, task=None, *, out=None, probes=True, gradcam=True, 
         if table is None:
             table = dataset_table(source, root, task, probes, valid_pct, test_pct, seed, classes, source_options)
         config, subject = None, f"{source} {root or ''} {task or ''}".strip()
-    if len(classes_of(table)) < 2 or (("label" in table) and table["label"].nunique() < 2):
-        raise DataError(f"{subject}: the audit needs at least two classes; this table has "
-                        f"{', '.join(map(str, table['label'].unique())) if 'label' in table else 'one'}")
+    require_two_classes(table, subject)  # before fast_audit, which turns a DataError into a limitation
     result = {"subject": subject, **fast_audit(table, folds, seed)}
     limitations += result.pop("limitations")
     if probes:
@@ -85,9 +84,9 @@ def audit(source, root=None, task=None, *, out=None, probes=True, gradcam=True, 
     if run_dir is not None:
         result["run"] = run_figures(run_dir)
         if gradcam: result["gradcam"] = run_gradcam(run_dir, table, limitations)
-    full = (result.get("run") or {}).get("auroc") or ((_ok(result.get("pixel")) or {}).get("full") or {}).get("auroc")
-    result["verdict"] = verdict(_ok(result.get("file_facts")), result.get("sources"), _ok(result.get("pixel")),
-                                _ok(result.get("gradcam")), full)
+    full = (result.get("run") or {}).get("auroc") or ((succeeded(result.get("pixel")) or {}).get("full") or {}).get("auroc")
+    result["verdict"] = verdict(succeeded(result.get("file_facts")), result.get("sources"), succeeded(result.get("pixel")),
+                                succeeded(result.get("gradcam")), full)
     result["limitations"] = limitations
     if out is not None: write_audit(result, out)
     return result

@@ -23,18 +23,19 @@ def fast_audit(table, folds=5, seed=0):
         result["file_facts"] = {"error": str(e)}
         limitations.append(f"file facts not run: {e}")
     result["limitations"] = limitations
-    result["verdict"] = verdict(_ok(result.get("file_facts")), result.get("sources"))
+    result["verdict"] = verdict(succeeded(result.get("file_facts")), result.get("sources"))
     return result
 
 
-def _ok(part):
+def succeeded(part):
+    "A test's result, or None when it was not run or failed (its dict holds an `error`)."
     return None if not part or part.get("error") else part
 
 
 def summary(result):
     "What the model card and model.json keep of an audit: the verdict and the per-class AUROCs."
-    ff = _ok(result.get("file_facts")) or {}
-    pixel = _ok(result.get("pixel")) or {}
+    ff = succeeded(result.get("file_facts")) or {}
+    pixel = succeeded(result.get("pixel")) or {}
     return {"level": result["verdict"]["level"], "verdict": result["verdict"]["text"],
             "file_facts_auroc": ff.get("auroc"), "acquisition_auroc": (ff.get("acquisition") or {}).get("auroc"),
             "border_only_auroc": (pixel.get("border_only") or {}).get("auroc")}

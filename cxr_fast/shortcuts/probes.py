@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CxrError
 from ..images import CENTRAL_FIELD, central_box, check_preprocessing
 from ..table import classes_of
 
@@ -41,7 +42,7 @@ def default_probe_config(size=None, epochs=None):
         ensure_pretrained_available(PRETRAINED_PROBE["arch"])
         config = dict(PRETRAINED_PROBE)
         config["plan"] = config["plan"].format(rest=max(1, epochs - 1)) if epochs > 1 else "head:1@1e-2"
-    except Exception:  # no offline weights here: a from-scratch probe still finds what the border carries
+    except CxrError:  # no offline weights here: a from-scratch probe still finds what the border carries
         config = {**SCRATCH_PROBE, "epochs": epochs}
     return {**config, "size": size, "bs": PROBE_DEFAULTS["bs"]}
 
@@ -134,6 +135,3 @@ def probe_workdir(out):
     tmp = tempfile.TemporaryDirectory(prefix="cxr-audit-")
     return Path(tmp.name), tmp
 
-
-__all__ = ["PROBES", "pixel_probes", "gradcam_outside_share", "default_probe_config", "run_probe_config",
-           "held_out_split", "probe_workdir"]

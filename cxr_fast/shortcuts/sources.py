@@ -4,8 +4,6 @@ The label x source counts, a warning for each class that comes (nearly) all from
 classes mostly do not come from, and how well the sources can be told apart from file facts alone
 (the same patient-grouped cross-validated classifier as file_facts, predicting `source`).
 """
-import pandas as pd
-
 from ..table import classes_of, is_multilabel
 from .file_facts import (ACQUISITION_FACTS, CONTENT_FACTS, cross_validated, encoded, patient_groups, read_facts,
                          readable_rows, varying_facts)

@@ -148,7 +148,7 @@ def render(result):
     "audit.md: verdict first, then each test's table, then what the audit could not do."
     v = result["verdict"]
     lines = [f"# Shortcut audit: {result.get('subject')}", "", f"**Verdict ({v['level']})**: {v['text']}", ""]
-    if result.get("run"): lines += [f"Model of the run: test AUROC per class " + ", ".join(
+    if result.get("run"): lines += ["Model of the run: AUROC per class " + ", ".join(
         f"{c} {fmt(a, 2)}" for c, a in (result["run"].get("auroc") or {}).items()) + f" ({result['run']['split']} split).", ""]
     lines += file_facts_lines(result.get("file_facts")) + sources_lines(result.get("sources"))
     lines += pixel_lines(result.get("pixel")) + gradcam_lines(result.get("gradcam"))
