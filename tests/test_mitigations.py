@@ -126,3 +126,31 @@ def test_border_suppression_trains_past_a_planted_marker(tmp_path):
     # the plain model follows the marker to the wrong class in test; the cropped one never sees it and keeps its accuracy
     assert plain["test"] <= 0.6 and plain["valid"] - plain["test"] >= 0.2, plain
     assert cropped["test"] - plain["test"] >= 0.15 and cropped["test"] >= cropped["valid"] - 0.15, (cropped, plain)
+
+
+def test_mitigation_options_from_the_command_line(tmp_path, capsys):
+    """train with the options as a user types them, then predict with the model: model.json records them and
+    predict applies them; a wrong value is one line and exit status 2."""
+    from cxr_fast.sources.phantom import make_phantoms
+    root = tmp_path / "ph"
+    make_phantoms(root, patients_per_class=3, size=40)
+    run = tmp_path / "run"
+    common = ["train", "phantom", str(root), "--task", "3class", "--out", str(run), "--arch", "resnet18",
+              "--pretrained", "false", "--epochs", "1", "--size", "32", "--bs", "8", "--num-workers", "0",
+              "--audit", "false"]
+    for bad, message in ((["--jpeg-quality", "0:100"], "--jpeg-quality 0:100"),
+                         (["--preprocessing", "standardize+sharpen"], "unknown preprocessing 'sharpen'")):
+        assert main(common + bad) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (run / "model").exists()  # nothing written for a rejected option
+    assert main(common + ["--preprocessing", "standardize+crop-field", "--jpeg-quality", "40:80",
+                          "--balance-sources", "true"]) == 0
+    meta = json.loads((run / "model" / "model.json").read_text())
+    assert meta["preprocessing"] == "standardize+crop-field" and meta["jpeg_quality"] == [40, 80]
+    assert meta["training"]["balance_sources"] is True
+    assert "JPEG (quality 40-80" in (run / "model" / "MODEL_CARD.md").read_text()
+    images = sorted(str(p) for p in root.rglob("*.png"))[:4]
+    assert main(["predict", str(run / "model"), *images, "--out", str(tmp_path / "p.csv")]) == 0
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert len(preds) == 4 and preds["pred"].isin(meta["classes"]).all()
