@@ -4,7 +4,7 @@ RUN ?= runs
 ARGS ?=
 PYTEST = $(PYTHON) -m pytest
 
-.PHONY: install demo test test-all test-realdata recipes-quick bench bench-accuracy bench-shortcuts wheelhouse clean help
+.PHONY: install demo test test-all test-realdata recipes-quick reproduce bench bench-accuracy bench-shortcuts wheelhouse clean help
 
 help:
 	@echo "make demo            install cxr_fast and train on built-in synthetic phantoms (no download)"
@@ -12,6 +12,7 @@ help:
 	@echo "make test-all        every test, slow ones included"
 	@echo "make recipe-NAME     run a recipe, e.g. make recipe-resnet18 ARGS='--data data/coronahack'"
 	@echo "make recipes-quick   every recipe in smoke mode on tiny data"
+	@echo "make reproduce       every seed experiment at full scale on ../shared/data -> docs/reproduction.json, .md"
 	@echo "make bench           speed benchmarks -> bench/results.json, bench/results.md"
 	@echo "make bench-accuracy  5-fold CV on DarkCovidNet -> bench/accuracy.json, bench/accuracy.md"
 	@echo "make bench-shortcuts shortcut mitigations in-source and cross-source -> bench/shortcuts.json, .md"
@@ -38,6 +39,12 @@ recipes-quick:
 
 recipe-%:
 	$(PYTHON) -m cxr_fast recipe $* --out $(RUN)/$* $(ARGS)
+
+# Each recipe once at full scale (~4 h on 2 bf16 cores). Resumable: a recipe recorded in docs/reproduction.json is
+# skipped, an interrupted one continues (--resume). REPRODUCE_RECIPES=resnet18,vgg16 runs some of them.
+REPRODUCE_RECIPES ?=
+reproduce:
+	$(PYTHON) bench/reproduce.py $(if $(REPRODUCE_RECIPES),--recipes $(REPRODUCE_RECIPES))
 
 bench:
 	$(PYTHON) bench/run_bench.py --out bench/results.json
