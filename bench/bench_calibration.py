@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cxr_fast import calibration as cal  # noqa: E402
-from cxr_fast.inference import Predictor  # noqa: E402
-from cxr_fast.metrics import split_metrics  # noqa: E402
-from cxr_fast.table import build_table, positive_index  # noqa: E402
-from cxr_fast.training import train  # noqa: E402
+from cxr_fast.evaluation import calibration as cal
+from cxr_fast.inference.predictor import Predictor
+from cxr_fast.evaluation.metrics import split_metrics
+from cxr_fast.data.table import build_table
+from cxr_fast.data.labels import positive_index
+from cxr_fast.training.learner import train
 
 
 def logits_of(pred, paths):

@@ -21,12 +21,12 @@ import darkcovidnet_pretrained  # noqa: E402
 import darkcovidnet_scratch  # noqa: E402
 from darkcovidnet_scratch import TASK_CLASSES  # noqa: E402
 
-from cxr_fast.data import load_table  # noqa: E402
-from cxr_fast.evaluation import evaluate  # noqa: E402
-from cxr_fast.jsonio import write_json  # noqa: E402
-from cxr_fast.machine import machine_info  # noqa: E402
-from cxr_fast.table import write_table  # noqa: E402
-from cxr_fast.training import train  # noqa: E402
+from cxr_fast.data.load import load_table
+from cxr_fast.evaluation.runs import evaluate
+from cxr_fast.core.jsonio import write_json
+from cxr_fast.core.machine import machine_info
+from cxr_fast.data.table import write_table
+from cxr_fast.training.learner import train
 
 DARK_TO_HACK = "Covid-19->COVID-19,No_findings->Normal,Pneumonia->Pneumonia"  # DarkCovidNet names -> CoronaHack's
 HACK_TO_DARK = "Normal->No_findings,Pneumonia->Pneumonia,COVID-19->Covid-19"

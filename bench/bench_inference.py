@@ -50,7 +50,7 @@ MODES = {
 def select_images(data, n, calib=128):
     """(bench, calibration, train) lists of (path, label): `n` images spread evenly over each class folder, then
     `calib` of the rest for int8 calibration, the remainder for training."""
-    from cxr_fast.images import is_image_file
+    from cxr_fast.data.images import is_image_file
     classes = sorted(p.name for p in Path(data).iterdir() if p.is_dir())
     files = {c: sorted(str(p) for p in (Path(data) / c).rglob("*") if p.is_file() and is_image_file(p)) for c in classes}
     total = sum(len(v) for v in files.values())
@@ -73,11 +73,11 @@ def train_model_dir(arch, train_rows, classes, out, size, epochs, bs):
     from fastai.learner import Learner
     from fastai.losses import CrossEntropyLossFlat
 
-    from cxr_fast.blocks import get_dls
-    from cxr_fast.modelio import save_model_dir
-    from cxr_fast.models import build_model, default_head
-    from cxr_fast.optim import FastAdam
-    from cxr_fast.precision import apply_precision, resolve_precision
+    from cxr_fast.data.blocks import get_dls
+    from cxr_fast.models.folder import save_model_dir
+    from cxr_fast.models.registry import build_model, default_head
+    from cxr_fast.training.optim import FastAdam
+    from cxr_fast.training.precision import apply_precision, resolve_precision
     torch.manual_seed(0)
     df = pd.DataFrame({"path": [p for p, _ in train_rows], "label": [c for _, c in train_rows],
                        "patient_id": [str(i) for i in range(len(train_rows))], "source": "bench",
@@ -113,7 +113,7 @@ def torch_int8_model(model, batches):
 
 def make_predictor(model_dir, engine, precision="fp32", int8=False):
     "A cxr_fast Predictor for the engine/precision, as `predict --engine E --precision P [--int8]` makes it."
-    from cxr_fast.inference import Predictor
+    from cxr_fast.inference.predictor import Predictor
     return Predictor.from_dir(model_dir, device="cpu", engine=engine, precision=precision, int8=int8)
 
 
@@ -121,7 +121,7 @@ def setup_mode(mode, model_dir, paths, batches, calib_batches, bs):
     "A function running one timed pass of `mode` and returning the probabilities (N, C)."
     import torch
 
-    from cxr_fast.engines import load_onnx
+    from cxr_fast.inference.engines import load_onnx
     if mode.startswith("predict_"):
         _, engine, prec = mode.split("_")
         pred = make_predictor(model_dir, engine, "auto" if prec == "auto" else "fp32", int8=prec == "int8")
@@ -163,7 +163,7 @@ def time_modes(args):
     import pandas as pd
     import torch
 
-    from cxr_fast.machine import machine_info, set_threads
+    from cxr_fast.core.machine import machine_info, set_threads
     threads = set_threads()
     rows = pd.read_csv(args.table)
     paths = rows["path"].tolist()
@@ -251,7 +251,7 @@ def main(argv=None):
         return 0
     import pandas as pd
 
-    from cxr_fast.export import export_onnx
+    from cxr_fast.inference.export import export_onnx
     load_before = os.getloadavg()
     bench, calib, train, classes = select_images(args.data, args.n)
     results = {"data": str(args.data), "images": len(bench), "calibration_images": len(calib), "train_images": len(train),
@@ -284,7 +284,7 @@ def main(argv=None):
     results["machine"]["shared"] = True  # other jobs ran on the same 2 cores: compare within this run only
     results["markdown"] = markdown(results)
     print("\n" + results["markdown"])
-    from cxr_fast.table import write_atomic
+    from cxr_fast.core.jsonio import write_atomic
     write_atomic(args.out, lambda p: p.write_text(json.dumps(results, indent=1)))
     write_atomic(Path(args.out).with_suffix(".md"), lambda p: p.write_text("# Inference benchmark\n\n" + results["markdown"] + "\n"))
     print(f"\nwrote {args.out}")

@@ -26,12 +26,12 @@ import darkcovidnet_pretrained  # noqa: E402
 import darkcovidnet_scratch  # noqa: E402
 from bench_cross_source import data_arguments  # noqa: E402
 
-from cxr_fast.data import load_table  # noqa: E402
-from cxr_fast.inference import load_model  # noqa: E402
-from cxr_fast.jsonio import read_json, write_json  # noqa: E402
-from cxr_fast.machine import machine_info  # noqa: E402
-from cxr_fast.report import fmt, md_table  # noqa: E402
-from cxr_fast.training import train  # noqa: E402
+from cxr_fast.data.load import load_table
+from cxr_fast.inference.predictor import load_model
+from cxr_fast.core.jsonio import read_json, write_json
+from cxr_fast.core.machine import machine_info
+from cxr_fast.evaluation.report import fmt, md_table
+from cxr_fast.training.learner import train
 
 ACQUISITION = dict(resize_method="pad", jpeg_quality="30:95", preprocessing="standardize")
 MITIGATIONS = {

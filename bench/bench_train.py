@@ -63,8 +63,8 @@ def plain_fastai_dls(data, size, bs):
 
 
 def cxr_fast_dls(data, size, bs, cache_dir, workers=None):
-    from cxr_fast.blocks import get_dls
-    from cxr_fast.table import build_table
+    from cxr_fast.data.blocks import get_dls
+    from cxr_fast.data.table import build_table
     table = build_table("folders", data, "folders", valid_pct=0.2, seed=42, dedup="off")
     return get_dls(table, size=size, bs=bs, cache=cache_dir, num_workers=workers)
 
@@ -80,9 +80,9 @@ def run_fit(dls, precision, max_batches, plain, opt="fast"):
     "Images/s of fit; returns (rate, precision record). plain: fastai's vision_learner as a notebook makes it."
     from fastai.optimizer import Adam
     from fastai.vision.all import Learner, CrossEntropyLossFlat, accuracy, vision_learner
-    from cxr_fast.models import build_model
-    from cxr_fast.precision import apply_precision, resolve_precision
-    from cxr_fast.training import OPTIMIZERS
+    from cxr_fast.models.registry import build_model
+    from cxr_fast.training.precision import apply_precision, resolve_precision
+    from cxr_fast.training.learner import OPTIMIZERS
     timer = Timer()
     p = resolve_precision(precision, device="cpu")
     if plain:
@@ -108,7 +108,7 @@ def run_data_only(dls, max_batches):
 
 
 def run_bare(size, bs, bf16, steps, channels_last=False, arch=RESNET):
-    from cxr_fast.models import build_model
+    from cxr_fast.models.registry import build_model
     torch.manual_seed(0)
     model = build_model(arch, 3).train()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
@@ -136,7 +136,7 @@ def main():
     p.add_argument("--workers", type=int, default=None, help="cxr_fast cases: DataLoader workers (default: blocks' choice)")
     p.add_argument("--cache-dir", default=None, help="cxr_fast cases: a decoded-image cache kept across cases (default: a temporary one)")
     a = p.parse_args()
-    from cxr_fast.machine import machine_info, set_threads
+    from cxr_fast.core.machine import machine_info, set_threads
     threads = set_threads()  # capped at the usable cores, as train does
     result = {"case": a.case, "data": a.data, "size": a.size, "bs": a.bs, "threads": threads}
     name, arch = a.case.removesuffix("_avx2"), RESNET

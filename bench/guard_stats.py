@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cxr_fast import guards  # noqa: E402
-from cxr_fast.images import IMAGE_SUFFIXES, load_image  # noqa: E402
+from cxr_fast.data import guards
+from cxr_fast.data.images import IMAGE_SUFFIXES, load_image
 
 
 def image_stats(path):

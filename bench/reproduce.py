@@ -28,10 +28,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from reproduce_originals import NONE, ORIGINALS  # noqa: E402
 
-from cxr_fast.jsonio import read_json, write_json  # noqa: E402
-from cxr_fast.machine import machine_info  # noqa: E402
-from cxr_fast.report import fmt, md_table  # noqa: E402
-from cxr_fast.table import write_atomic  # noqa: E402
+from cxr_fast.core.jsonio import read_json, write_json
+from cxr_fast.core.machine import machine_info
+from cxr_fast.evaluation.report import fmt, md_table
+from cxr_fast.core.jsonio import write_atomic
 
 RECIPES = ("resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class")
 DATA = {"resnet18": "coronahack", "vgg16": "coronahack", "multilabel": "coronahack",
@@ -76,8 +76,8 @@ def map_freeze_to(groups, arch):
 
 def weights_available(arch):
     "Whether `arch`'s ImageNet weights can be had here (a cache, a pip package or the network)."
-    from cxr_fast.errors import WeightsError
-    from cxr_fast.weights import resolve_pretrained
+    from cxr_fast.core.errors import WeightsError
+    from cxr_fast.models.weights import resolve_pretrained
     try:
         resolve_pretrained(arch)
         return True
@@ -320,8 +320,28 @@ def render_md(doc):
     lines += md_table(["variant", "original accuracy", "measured on", "source"],
                       [[f"{v['variant']}: {v['what']}", pct(v["accuracy"]), o["measured_on"], v["quote"]]
                        for v in o["variants"]]) + [""]
-    lines += doc.get("notes_md", [])
+    lines += frozen_features_section(doc.get("frozen_features"))
     return "\n".join(lines) + "\n"
+
+
+def frozen_features_section(result):
+    "The frozen-feature speed-up measured by bench/bench_frozen_features.py, or 'not measured yet'."
+    lines = ["## Frozen-feature head training", "",
+             "A stage that trains the head only can compute the frozen body's features once and train the head on "
+             "them (train's `frozen_features`; the recipes' `--frozen-features`). It drops, in that stage only, "
+             "augmentation (the features are of the un-augmented images) and BatchNorm training in the body (its "
+             "running statistics and affine weights stay as they are). The rows above say which runs used it.", ""]
+    if not result: return lines + ["Speed-up: not measured yet (`python bench/bench_frozen_features.py`).", ""]
+    m = result["machine"]
+    lines += [f"Measured with `{result['command']}`: {result['arch']}, {result['size']} px, batch {result['bs']}, "
+              f"lr {result['lr']}, images {result['images']}, on {m.get('cpu_model')} ({m.get('cores')} cores, "
+              f"{', '.join(m.get('cpu_flags_speed') or [])}, {m.get('torch_threads')} torch threads"
+              + (", shared with other work" if m.get("shared") else "") + "). Times include computing the features.", ""]
+    rows = [[str(r["epochs"]), *[f"{r[k]['wall_s']} s / {r[k]['cpu_s']} s / {r[k]['valid_accuracy']:.3f}"
+                                 for k in ("end_to_end", "frozen_features")], f"{r['speedup_wall']}x"]
+            for r in result["rows"]]
+    return lines + md_table(["head epochs", "end to end: wall / CPU / valid acc.",
+                             "frozen features: wall / CPU / valid acc.", "speed-up (wall)"], rows) + [""]
 
 
 def write_docs(doc, json_path, md_path):

@@ -5,7 +5,7 @@ is its own), `--rounds` times, the cases interleaved round by round; the best ro
 reported (a shared machine only ever slows a case down) with every round's figure and the load average
 after it; bare_fp32 also runs last in each round, so the drift shows. Cases named
 *_avx2 run with ONEDNN_MAX_CPU_ISA=AVX2: oneDNN limited to AVX2, a CPU without native bf16 (issue #13's EPYC).
-Every record carries the machine (cxr_fast.machine.machine_info): CPU model and flags, torch, threads,
+Every record carries the machine (cxr_fast.core.machine.machine_info): CPU model and flags, torch, threads,
 workers, the precision used.
 """
 import argparse
@@ -152,7 +152,7 @@ def main():
     skip = set(a.skip.split(","))
     tmp = HERE / "tmp"
     tmp.mkdir(exist_ok=True)
-    from cxr_fast.machine import machine_info, set_threads
+    from cxr_fast.core.machine import machine_info, set_threads
     results = {"machine": machine_info(torch_threads=set_threads(), shared=True), "settings": vars(a),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "load_before": os.getloadavg()}
     for key, d, cases in (("train_small", data, TRAIN_CASES), ("train_full", None, TRAIN_CASES),

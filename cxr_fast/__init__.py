@@ -11,20 +11,20 @@ Heavy modules (torch, fastai) load on first use of a name that needs them.
 """
 import importlib
 
-from .version import __version__
+from .core.version import __version__
 
 _EXPORTS = {
-    "load_table": "cxr_fast.data", "build_table": "cxr_fast.table", "read_table": "cxr_fast.table",
-    "write_table": "cxr_fast.table", "summarize": "cxr_fast.table", "concat_tables": "cxr_fast.table",
-    "load_image": "cxr_fast.images", "make_phantoms": "cxr_fast.sources.phantom",
-    "get_dls": "cxr_fast.blocks", "cxr_datablock": "cxr_fast.blocks",
-    "build_model": "cxr_fast.models", "ARCHS": "cxr_fast.models",
-    "FocalLoss": "cxr_fast.losses", "FocalLossMultiLabel": "cxr_fast.losses",
-    "train": "cxr_fast.training", "cxr_learner": "cxr_fast.training",
-    "evaluate": "cxr_fast.evaluation", "compare": "cxr_fast.evaluation", "audit": "cxr_fast.shortcuts.core",
-    "load_model": "cxr_fast.inference", "save_model_dir": "cxr_fast.modelio",
-    "predict": "cxr_fast.inference", "Predictor": "cxr_fast.inference",
-    "CxrError": "cxr_fast.errors", "DataError": "cxr_fast.errors",
+    "load_table": "cxr_fast.data.load", "build_table": "cxr_fast.data.table", "read_table": "cxr_fast.data.table",
+    "write_table": "cxr_fast.data.table", "summarize": "cxr_fast.data.table", "concat_tables": "cxr_fast.data.table",
+    "load_image": "cxr_fast.data.images", "make_phantoms": "cxr_fast.data.sources.phantom",
+    "get_dls": "cxr_fast.data.blocks", "cxr_datablock": "cxr_fast.data.blocks",
+    "build_model": "cxr_fast.models.registry", "ARCHS": "cxr_fast.models.registry",
+    "FocalLoss": "cxr_fast.training.losses", "FocalLossMultiLabel": "cxr_fast.training.losses",
+    "train": "cxr_fast.training.learner", "cxr_learner": "cxr_fast.training.learner",
+    "evaluate": "cxr_fast.evaluation.runs", "compare": "cxr_fast.evaluation.runs", "audit": "cxr_fast.apps.audit.core",
+    "load_model": "cxr_fast.inference.predictor", "save_model_dir": "cxr_fast.models.folder",
+    "predict": "cxr_fast.inference.predictor", "Predictor": "cxr_fast.inference.predictor",
+    "CxrError": "cxr_fast.core.errors", "DataError": "cxr_fast.core.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

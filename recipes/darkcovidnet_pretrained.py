@@ -8,9 +8,9 @@ rates diverged: see training.BodyBnStats). Trains on all of DATA (10% of its pat
 to pick the best epoch) and leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """
-from cxr_fast import recipes
-from cxr_fast.errors import CxrError
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.core.errors import CxrError
+from cxr_fast.training.learner import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings

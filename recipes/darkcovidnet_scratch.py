@@ -4,9 +4,9 @@ Trains on all of DATA (10% of its patients carved out as validation, to pick the
 OUT/model for `predict`. `make bench-accuracy` measures this same configuration (BEST) with
 patient-grouped 5-fold cross-validation, the protocol of Ozturk et al. 2020. No ImageNet weights.
 """
-from cxr_fast import recipes
-from cxr_fast.errors import CxrError
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.core.errors import CxrError
+from cxr_fast.training.learner import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings: unweighted CE collapsed

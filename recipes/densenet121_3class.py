@@ -10,8 +10,8 @@ precision/recall/F1, confusion matrix and Grad-CAM (report.md); OUT/comparison.m
 """
 from pathlib import Path
 
-from cxr_fast import recipes
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.training.learner import train
 
 
 def run(data="data/darkcovidnet", out="runs/densenet121-3class", arch="densenet121", classes=None, epochs=4, lr=1e-3, fine_tune_epochs=4,

@@ -10,8 +10,8 @@ fastai's Adam has no amsgrad and `training.train` takes only its named optimizer
 sgd), so this is fastai's Adam without weight decay, in fit_one_cycle. Report: metrics, confusion
 matrix, Grad-CAM (report.md).
 """
-from cxr_fast import recipes
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.training.learner import train
 
 BALANCED = {"binary": 3000}  # task -> default class-balanced sample size (None: every image)
 

@@ -9,11 +9,11 @@ The heads keep the single-label recipes' hidden widths (resnet18 380, vgg16 4300
 """
 from pathlib import Path
 
-from cxr_fast import recipes
-from cxr_fast.args import as_list
-from cxr_fast.inference import collect_inputs, predict
-from cxr_fast.sources.coronahack import find_image_dirs
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.cli.args import as_list
+from cxr_fast.inference.predictor import collect_inputs, predict
+from cxr_fast.data.sources.coronahack import find_image_dirs
+from cxr_fast.training.learner import train
 
 HIDDEN = {"resnet18": 380, "vgg16": 4300}  # the course's head widths; other archs: fastai's 512
 

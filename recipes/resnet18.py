@@ -13,8 +13,8 @@ the head is fastai's (pooling, BatchNorm, dropout) with one hidden layer; fastai
 """
 from pathlib import Path
 
-from cxr_fast import recipes
-from cxr_fast.training import train
+from cxr_fast.apps import recipes
+from cxr_fast.training.learner import train
 
 
 def run(data="data/coronahack", out="runs/resnet18", arch="resnet18", classes=None, hidden=380, dropout=0.5, lr=1e-3, epochs=10,

@@ -8,7 +8,7 @@ from PIL import Image
 
 import cxr_fast
 from cxr_fast.cli import main
-from cxr_fast.sources.phantom import _anatomy, draw_phantom
+from cxr_fast.data.sources.phantom import _anatomy, draw_phantom
 
 
 def phantom_folders(root, planted=True, n_patients=10, size=48, seed=0):
@@ -91,7 +91,7 @@ def test_train_puts_the_verdict_in_report_card_and_serve_page(tmp_path, capsys):
     assert "Pneumonia is predictable from file facts" in (run / "model" / "MODEL_CARD.md").read_text()
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["audit"]["level"] == "shortcut" and meta["audit"]["file_facts_auroc"]["Pneumonia"] >= 0.95
-    from cxr_fast.serve_card import model_card_html
+    from cxr_fast.apps.serve.card import model_card_html
     page = model_card_html("m", meta, run / "model")
     assert "Shortcut audit" in page and "Pneumonia is predictable" in page
 

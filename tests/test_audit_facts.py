@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr_fast.errors import DataError
-from cxr_fast.shortcuts.file_facts import file_facts, read_facts
-from cxr_fast.shortcuts.sources import source_audit
+from cxr_fast.core.errors import DataError
+from cxr_fast.apps.audit.file_facts import file_facts, read_facts
+from cxr_fast.apps.audit.sources import source_audit
 
 
 def save_noise(path, size=(32, 32), seed=0, fmt=None, mode="L"):
@@ -181,7 +181,7 @@ def test_sources_balanced_gives_no_warning(tmp_path):
 
 @pytest.mark.realdata
 def test_darkcovidnet_covid_is_flagged_from_acquisition_facts(shared_data):
-    from cxr_fast.data import load_table
+    from cxr_fast.data.load import load_table
     root = shared_data / "darkcovidnet"
     if not root.is_dir(): pytest.skip("no darkcovidnet")
     result = file_facts(load_table("folders", str(root), "folders"))

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_fast.blocks import aug_tfms, get_dls, save_show_batch, test_dl
-from cxr_fast.errors import DataError
-from cxr_fast.table import build_table
+from cxr_fast.data.blocks import aug_tfms, get_dls, save_show_batch, test_dl
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.table import build_table
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from conftest import save_16bit_png, save_gray
-from cxr_fast.blocks import get_dls
-from cxr_fast.cache import ImageCache
-from cxr_fast.images import load_image
-from cxr_fast.table import build_table
+from cxr_fast.data.blocks import get_dls
+from cxr_fast.data.cache import ImageCache
+from cxr_fast.data.images import load_image
+from cxr_fast.data.table import build_table
 
 
 def test_cached_image_equals_fresh_decode_and_resize(tmp_path):
@@ -68,7 +68,7 @@ def test_dataloaders_with_cache_match_without(tmp_path):
 
 
 def test_equalize_same_with_and_without_cache(tmp_path):
-    from cxr_fast.images import preprocess
+    from cxr_fast.data.images import preprocess
     table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, image_size=64, valid_pct=0.3)
     plain = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize")
     cached = get_dls(table, size=32, bs=4, num_workers=0, aug="none", preprocessing="equalize", cache=tmp_path / "c")
@@ -81,7 +81,7 @@ def test_equalize_same_with_and_without_cache(tmp_path):
 
 
 def test_test_dl_without_labels_reads_through_the_cache(tmp_path):
-    from cxr_fast.blocks import test_dl
+    from cxr_fast.data.blocks import test_dl
     table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=3, image_size=64, valid_pct=0.3)
     dls = get_dls(table, size=32, bs=4, num_workers=0, aug="none", cache=tmp_path / "c")
     x = test_dl(dls, table.head(3), with_labels=False).one_batch()[0]

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from cxr_fast import calibration as cal
-from cxr_fast.metrics import weighted_auc
+from cxr_fast.evaluation import calibration as cal
+from cxr_fast.evaluation.metrics import weighted_auc
 
 CLASSES3 = ["Normal", "Pneumonia", "COVID-19"]
 
@@ -19,7 +19,7 @@ def toy(n=2000, n_classes=3, scale=1.5, seed=0, multilabel=False):
 
 def test_one_activation_for_torch_and_numpy():
     import torch
-    from cxr_fast.activations import activate
+    from cxr_fast.core.activations import activate
     z = np.array([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]])
     for multilabel, ref in ((False, torch.softmax(torch.tensor(z), 1)), (True, torch.sigmoid(torch.tensor(z)))):
         probs = activate(z, multilabel)
@@ -155,7 +155,7 @@ def test_sensitivity_operating_point():
 
 def test_too_few_valid_positives_keep_the_default_threshold_and_say_why():
     "10 positives cannot place a 95%-sensitivity point (DarkCovidNet's valid split: 0.004 to 0.93 across folds)."
-    from cxr_fast.evaluation import run_operating_point
+    from cxr_fast.evaluation.runs import run_operating_point
     assert [cal.min_positives(t) for t in (0.8, 0.9, 0.95, 0.99)] == [5, 10, 20, 100]
     rng = np.random.default_rng(0)
     def split(n_pos, n_neg=40):
@@ -188,8 +188,8 @@ def test_reliability_diagram_is_drawn(tmp_path):
 def trained(tmp_path_factory):
     """A binary phantom model trained with the defaults (calibrated, target sensitivity 0.95): resnet18 from scratch,
     48 px, 4 epochs, fp32 (the same on every CPU). About 25 s on 2 cores."""
-    from cxr_fast.table import build_table
-    from cxr_fast.training import train
+    from cxr_fast.data.table import build_table
+    from cxr_fast.training.learner import train
     root = tmp_path_factory.mktemp("trained")
     table = build_table("phantom", root / "ph", "binary", patients_per_class=30, image_size=48, valid_pct=0.25,
                         test_pct=0.25, seed=0)
@@ -206,8 +206,8 @@ def read(path):
 def test_training_fits_a_temperature_that_predict_applies(trained):
     import torch
 
-    from cxr_fast.inference import Predictor
-    from cxr_fast.metrics import split_metrics
+    from cxr_fast.inference.predictor import Predictor
+    from cxr_fast.evaluation.metrics import split_metrics
     root, table, result = trained
     meta = read(root / "run" / "model" / "model.json")
     t = meta["calibration"]["temperature"]
@@ -261,7 +261,7 @@ def test_binary_operating_point_is_the_models_decision(trained):
 
 def test_card_written_by_train_and_extended_by_evaluate(trained, tmp_path, capsys):
     from cxr_fast.cli import main
-    from cxr_fast.table import build_table
+    from cxr_fast.data.table import build_table
     root, table, _ = trained
     mdir = root / "run" / "model"
     card = (mdir / "MODEL_CARD.md").read_text()

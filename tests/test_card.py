@@ -3,7 +3,7 @@ import json
 
 import pandas as pd
 
-from cxr_fast import card
+from cxr_fast.evaluation import card
 
 META = {
     "format_version": 1, "cxr_fast_version": "0.1.0", "arch": "resnet18",

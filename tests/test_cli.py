@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from cxr_fast.args import as_bool, as_int, as_list
+from cxr_fast.cli.args import as_bool, as_int, as_list
 from cxr_fast.cli import main
-from cxr_fast.errors import CxrError
+from cxr_fast.core.errors import CxrError
 
 
 def test_usage_lists_commands(capsys):
@@ -79,7 +79,7 @@ def test_kaggle_split_false_reaches_the_source_as_false_in_table(coronahack_root
 
 
 def test_kaggle_split_false_reaches_the_source_as_false_in_train(coronahack_root, tmp_path, monkeypatch):
-    from cxr_fast import training
+    from cxr_fast.training import learner as training
 
     class Stop(Exception):
         "Raised once the run's table.csv is written."
@@ -95,8 +95,8 @@ def test_kaggle_split_false_reaches_the_source_as_false_in_train(coronahack_root
 def test_kaggle_split_false_reaches_the_source_as_false_in_evaluate(coronahack_root, tmp_path, capsys):
     import torch
 
-    from cxr_fast.models import build_model, default_head
-    from cxr_fast.modelio import save_model_dir
+    from cxr_fast.models.registry import build_model, default_head
+    from cxr_fast.models.folder import save_model_dir
     torch.manual_seed(0)
     meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Normal", "Pneumonia"],
             "task": "normal-vs-pneumonia", "multilabel": False, "img_size": 32, "resize_method": "squish",

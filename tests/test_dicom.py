@@ -9,9 +9,9 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxr_fast.dicom import dicom_header, read_dicom_array, read_dicom_image, write_dicom
-from cxr_fast.errors import DataError
-from cxr_fast.images import load_image
+from cxr_fast.data.dicom import dicom_header, read_dicom_array, read_dicom_image, write_dicom
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.images import load_image
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
 REAL_DICOM = DATA / "dicom" / "nih_chestxray14_no_finding.dcm"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from cxr_fast import distributed
-from cxr_fast.errors import CxrError
+from cxr_fast.training import distributed
+from cxr_fast.core.errors import CxrError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "test_resnet", "--pretrained", "false", "--size", "32", "--bs", "4", "--num-workers", "0",
@@ -47,7 +47,7 @@ def test_sync_bn_needs_cuda(monkeypatch):
 @pytest.fixture(scope="module")
 def phantom_csv(tmp_path_factory):
     "A canonical table CSV of phantoms (valid split of odd size: the last shard is padded), written once."
-    from cxr_fast.table import build_table, write_table
+    from cxr_fast.data.table import build_table, write_table
     root = tmp_path_factory.mktemp("ph")
     table = build_table("phantom", root / "3class", "3class", patients_per_class=4, image_size=32)
     assert (table["split"] == "valid").sum() % 2 == 1
@@ -65,8 +65,8 @@ def run(cmd, cwd, timeout=420):
 
 def single_process_valid_loss(run_dir):
     "The valid loss of the saved model, computed in this (one) process over the whole valid split."
-    from cxr_fast.table import read_table
-    from cxr_fast.training import build_learner
+    from cxr_fast.data.table import read_table
+    from cxr_fast.training.learner import build_learner
     config = json.loads((run_dir / "config.json").read_text())
     learn = build_learner(config, read_table(run_dir / "table.csv"), run_dir)
     learn.model.load_state_dict(torch.load(run_dir / "model" / "model.pth", weights_only=True))
@@ -91,7 +91,7 @@ def test_two_cpu_processes_train_one_run_folder(phantom_csv, tmp_path):
     assert not any(k.startswith("module.") for k in state)  # the plain model's keys, not DDP's
     # the per-epoch valid loss is the whole valid set's (gathered, padding removed), not one shard's
     assert history["valid_loss"].iloc[-1] == pytest.approx(single_process_valid_loss(out), rel=1e-4)
-    from cxr_fast.inference import load_model
+    from cxr_fast.inference.predictor import load_model
     table = pd.read_csv(phantom_csv)
     preds = load_model(out / "model").predict(list(table["path"][:3]))
     assert len(preds) == 3 and (preds["error"].fillna("") == "").all()

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from sklearn import metrics as skm
 
-from cxr_fast import evaluation as ev
-from cxr_fast import metrics as mt
-from cxr_fast.errors import CxrError, DataError
+from cxr_fast.evaluation import runs as ev
+from cxr_fast.evaluation import metrics as mt
+from cxr_fast.core.errors import CxrError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES3 = ["Normal", "Pneumonia", "COVID-19"]
@@ -155,9 +155,9 @@ def tiny_learner(table):
     from fastai.learner import Learner
     from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 
-    from cxr_fast.blocks import get_dls
-    from cxr_fast.models import build_model
-    from cxr_fast.table import classes_of, is_multilabel
+    from cxr_fast.data.blocks import get_dls
+    from cxr_fast.models.registry import build_model
+    from cxr_fast.data.table import classes_of, is_multilabel
     torch.manual_seed(0)
     dls = get_dls(table, size=32, bs=8, num_workers=0, aug="none")
     loss = BCEWithLogitsLossFlat() if is_multilabel(table) else CrossEntropyLossFlat()
@@ -174,7 +174,7 @@ def write_history(run_dir):
 
 @pytest.fixture(scope="module")
 def table3(tmp_path_factory):
-    from cxr_fast.table import build_table
+    from cxr_fast.data.table import build_table
     return build_table("phantom", tmp_path_factory.mktemp("ph3"), "3class", patients_per_class=6, image_size=48, test_pct=0.2)
 
 
@@ -205,7 +205,7 @@ def test_run_folder_gets_metrics_figures_and_report(table3, tmp_path):
 
 
 def test_multilabel_run_tunes_thresholds_on_valid(tmp_path):
-    from cxr_fast.table import build_table
+    from cxr_fast.data.table import build_table
     table = build_table("phantom", tmp_path / "ph", "multilabel", patients_per_class=5, image_size=48, test_pct=0.2)
     run = tmp_path / "run"  # no history.csv: no curves, said in the report
     result = ev.evaluate_run(tiny_learner(table), table, run, n_boot=50, n_gradcam=2)
@@ -221,8 +221,8 @@ def test_multilabel_run_tunes_thresholds_on_valid(tmp_path):
 
 @pytest.fixture
 def model_dir(tmp_path):
-    from cxr_fast.models import build_model, default_head
-    from cxr_fast.modelio import save_model_dir
+    from cxr_fast.models.registry import build_model, default_head
+    from cxr_fast.models.folder import save_model_dir
     torch.manual_seed(0)
     meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Covid-19", "No_findings"],
             "task": "folders", "multilabel": False, "loss": "cross_entropy", "img_size": 32, "resize_method": "squish",
@@ -233,7 +233,7 @@ def model_dir(tmp_path):
 @pytest.fixture
 def other_data(tmp_path):
     "Class folders named differently from the model's classes, plus SARS, which the model does not know."
-    from cxr_fast.sources.phantom import _anatomy, draw_phantom
+    from cxr_fast.data.sources.phantom import _anatomy, draw_phantom
     rng = np.random.default_rng(0)
     root = tmp_path / "other"
     for cls, finding, n in (("COVID-19", "COVID-19", 4), ("Normal", "Normal", 4), ("SARS", "Pneumonia", 2)):
@@ -263,7 +263,7 @@ def test_evaluate_on_other_data_maps_classes_and_reports_unknown_ones(model_dir,
     assert "Classes the model does not know" in report and "| SARS | 2 |" in report and "COVID-19 -> Covid-19" in report
     assert "1 of these images are in the table the model was trained" in report
     # the probabilities are the ones `predict` gives
-    from cxr_fast.inference import Predictor
+    from cxr_fast.inference.predictor import Predictor
     table = pd.DataFrame({"path": sorted(str(p) for p in (other_data / "COVID-19").glob("*.png"))})
     learn, _ = model_learner(model_dir, table["path"][0])
     predicted = Predictor.from_dir(model_dir, precision="fp32").predict_proba(table["path"].tolist())[0]  # as learn
@@ -272,8 +272,8 @@ def test_evaluate_on_other_data_maps_classes_and_reports_unknown_ones(model_dir,
 
 def test_tta_in_evaluation_is_the_tta_predict_gives(model_dir, other_data):
     "train --tta scores splits with TTAViews inside get_preds; predict --tta must give the same probabilities."
-    from cxr_fast.inference import Predictor
-    from cxr_fast.precision import ChannelsLast
+    from cxr_fast.inference.predictor import Predictor
+    from cxr_fast.training.precision import ChannelsLast
     paths = sorted(str(p) for p in (other_data / "Normal").glob("*.png")) + sorted(
         str(p) for p in (other_data / "SARS").glob("*.png"))
     table = pd.DataFrame({"path": paths})
@@ -294,8 +294,8 @@ def model_learner(model_dir, sample_path, bs=32):
     from fastai.learner import Learner
     from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
 
-    from cxr_fast.blocks import cxr_datablock
-    from cxr_fast.modelio import load_model_module
+    from cxr_fast.data.blocks import cxr_datablock
+    from cxr_fast.models.folder import load_model_module
     model, meta = load_model_module(model_dir)
     classes, multilabel = list(meta["classes"]), bool(meta["multilabel"])
     stub = pd.DataFrame({"path": [str(sample_path)] * 2, "patient_id": ["a", "b"], "split": ["train", "valid"],

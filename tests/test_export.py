@@ -11,12 +11,12 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from conftest import save_gray  # noqa: E402
-from cxr_fast.engines import INT8_NAME, META_KEY, ONNX_NAME, OnnxModule, load_onnx, read_onnx_meta  # noqa: E402
-from cxr_fast.errors import CxrError, ModelFormatError  # noqa: E402
-from cxr_fast.export import export_command, export_onnx  # noqa: E402
-from cxr_fast.inference import Predictor  # noqa: E402
-from cxr_fast.models import build_model, default_head  # noqa: E402
-from cxr_fast.modelio import save_model_dir  # noqa: E402
+from cxr_fast.inference.engines import INT8_NAME, META_KEY, ONNX_NAME, OnnxModule, load_onnx, read_onnx_meta
+from cxr_fast.core.errors import CxrError, ModelFormatError
+from cxr_fast.inference.export import export_command, export_onnx
+from cxr_fast.inference.predictor import Predictor
+from cxr_fast.models.registry import build_model, default_head
+from cxr_fast.models.folder import save_model_dir
 
 SIZE = 32
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]

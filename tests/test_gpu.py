@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from cxr_fast.inference import Predictor
-from cxr_fast.table import build_table
-from cxr_fast.training import train
+from cxr_fast.inference.predictor import Predictor
+from cxr_fast.data.table import build_table
+from cxr_fast.training.learner import train
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest.py)
 

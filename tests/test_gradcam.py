@@ -3,9 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_fast.errors import CxrError
-from cxr_fast.gradcam import default_layer, gradcam, jet, overlay
-from cxr_fast.models import build_model
+from cxr_fast.core.errors import CxrError
+from cxr_fast.inference.gradcam import default_layer, gradcam, jet, overlay
+from cxr_fast.models.registry import build_model
 
 
 @pytest.fixture(scope="module")

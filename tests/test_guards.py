@@ -6,10 +6,10 @@ import pytest
 from PIL import Image
 
 from conftest import save_gray, xray_like
-from cxr_fast import guards
-from cxr_fast.dicom import dicom_header, looks_like_dicom, read_dicom_image, write_dicom
-from cxr_fast.errors import DataError
-from cxr_fast.images import is_dicom_file, load_image
+from cxr_fast.data import guards
+from cxr_fast.data.dicom import dicom_header, looks_like_dicom, read_dicom_image, write_dicom
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.images import is_dicom_file, load_image
 
 REAL_DICOM = Path(__file__).parents[2] / "shared" / "data" / "dicom" / "nih_chestxray14_no_finding.dcm"
 XRAY = xray_like(64)
@@ -122,8 +122,8 @@ def test_bytes_that_do_not_parse_as_dicom_are_still_refused(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     "An untrained resnet18 model dir (32 px, binary): enough to predict with."
-    from cxr_fast.models import build_model, default_head
-    from cxr_fast.modelio import save_model_dir
+    from cxr_fast.models.registry import build_model, default_head
+    from cxr_fast.models.folder import save_model_dir
     meta = {"arch": "resnet18", "head": default_head(), "n_out": 2, "classes": ["Normal", "Pneumonia"],
             "task": "binary", "multilabel": False, "loss": "ce", "img_size": 32, "resize_method": "squish",
             "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
@@ -152,8 +152,8 @@ def test_predict_warns_in_a_column_and_still_predicts(model_dir, tmp_path, capsy
 
 
 def test_table_step_counts_input_warnings(tmp_path, capsys):
-    from cxr_fast.data import print_table_report
-    from cxr_fast.table import build_table
+    from cxr_fast.data.load import print_table_report
+    from cxr_fast.data.table import build_table
     root = tmp_path / "data"
     for cls in ("Normal", "Pneumonia"):
         for i in range(4): save_gray(root / cls / f"{cls}{i}.png", seed=i, bright_spot=cls == "Pneumonia")
@@ -175,7 +175,7 @@ def test_model_json_and_model_pth_that_disagree_say_so_in_one_line(model_dir, tm
     import torch
 
     from cxr_fast.cli import main
-    from cxr_fast.models import build_model
+    from cxr_fast.models.registry import build_model
     image = save_gray(tmp_path / "x.png")
     for name, other in (("head", build_model("resnet18", 3)), ("arch", build_model("resnet34", 2))):
         bad = tmp_path / name
@@ -199,7 +199,7 @@ def test_model_pth_holding_code_is_refused_without_relaying_torch(model_dir, tmp
     import torch
 
     from cxr_fast.cli import main
-    from cxr_fast.models import build_model
+    from cxr_fast.models.registry import build_model
     image = save_gray(tmp_path / "x.png")
     for name, payload in (("object", {"weight": Payload()}), ("module", build_model("resnet18", 2))):
         bad = tmp_path / name

@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from conftest import save_16bit_png, save_corrupt_jpeg, save_gray, save_rgba_png, xray_like
-from cxr_fast.errors import DataError
-from cxr_fast.images import dhash, inspect_image, load_image, to_grayscale, to_rgb
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.images import dhash, inspect_image, load_image, to_grayscale, to_rgb
 
 
 def test_16bit_png_is_scaled_by_its_range_not_clipped(tmp_path):
@@ -57,7 +57,7 @@ def test_unsupported_and_text_files(tmp_path):
 
 def test_dhash_near_duplicates_close_and_different_images_far():
     import io
-    from cxr_fast.sources.phantom import _anatomy, draw_phantom
+    from cxr_fast.data.sources.phantom import _anatomy, draw_phantom
     rng = np.random.default_rng(0)
     a = Image.fromarray(draw_phantom("Pneumonia", _anatomy(rng), 256, rng))
     other = Image.fromarray(draw_phantom("Pneumonia", _anatomy(rng), 256, rng))

@@ -9,13 +9,13 @@ import torch
 
 import cxr_fast
 from conftest import save_16bit_png, save_corrupt_jpeg, save_gray, save_rgba_png
-from cxr_fast.blocks import get_dls
+from cxr_fast.data.blocks import get_dls
 from cxr_fast.cli import main
-from cxr_fast.errors import CxrError, ModelFormatError
-from cxr_fast.inference import BF16_TOLERANCE, TTA_VIEWS, Predictor, collect_inputs, tta_views
-from cxr_fast.models import build_model, default_head
-from cxr_fast.modelio import save_model_dir
-from cxr_fast.table import build_table
+from cxr_fast.core.errors import CxrError, ModelFormatError
+from cxr_fast.inference.predictor import BF16_TOLERANCE, TTA_VIEWS, Predictor, collect_inputs, tta_views
+from cxr_fast.models.registry import build_model, default_head
+from cxr_fast.models.folder import save_model_dir
+from cxr_fast.data.table import build_table
 
 SIZE, BS = 32, 8
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

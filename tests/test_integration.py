@@ -4,8 +4,9 @@ import pandas as pd
 import torch
 
 from cxr_fast import load_model
-from cxr_fast.table import build_table, positive_index
-from cxr_fast.training import train
+from cxr_fast.data.table import build_table
+from cxr_fast.data.labels import positive_index
+from cxr_fast.training.learner import train
 
 
 def test_trained_model_with_equalize_predicts_what_training_saw(tmp_path):
@@ -17,7 +18,7 @@ def test_trained_model_with_equalize_predicts_what_training_saw(tmp_path):
     valid = pd.read_csv(tmp_path / "run" / "table.csv").query("split == 'valid'")
     df = model.predict(valid["path"].tolist())
     # the learner's own probabilities on the same images, through the training DataBlock
-    from cxr_fast.blocks import get_dls
+    from cxr_fast.data.blocks import get_dls
     dls = get_dls(table, size=32, bs=8, num_workers=0, aug="none", preprocessing="equalize")
     net = model.model.eval()
     with torch.inference_mode():
@@ -31,7 +32,7 @@ def test_trained_model_with_equalize_predicts_what_training_saw(tmp_path):
 def test_binary_threshold_is_on_the_disease_class_whatever_its_position():
     assert positive_index(["Covid-19", "No_findings"]) == 0
     assert positive_index(["Normal", "Pneumonia"]) == 1
-    from cxr_fast.inference import Predictor
+    from cxr_fast.inference.predictor import Predictor
     p = Predictor.__new__(Predictor)
     p.classes, p.multilabel, p.thresholds = ["Covid-19", "No_findings"], False, {"positive": 0.2}
     probs = np.array([[0.25, 0.75], [0.1, 0.9]])

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 
-from cxr_fast.errors import CxrError
-from cxr_fast.losses import FocalLoss, FocalLossMultiLabel, inverse_frequency_weights, make_loss
+from cxr_fast.core.errors import CxrError
+from cxr_fast.training.losses import FocalLoss, FocalLossMultiLabel, inverse_frequency_weights, make_loss
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from cxr_fast import load_model
-from cxr_fast.blocks import JpegRecompress, get_dls
+from cxr_fast.data.blocks import JpegRecompress, get_dls
 from cxr_fast.cli import main
-from cxr_fast.errors import DataError
-from cxr_fast.images import (blank_border, blank_center, central_box, check_preprocessing, crop_field, jpeg_range,
-                             preprocess, standardize)
-from cxr_fast.sources.phantom import _anatomy, draw_phantom
-from cxr_fast.table import build_table
-from cxr_fast.training import sampling_weights, train
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.images import (blank_border, blank_center, central_box, check_preprocessing, crop_field,
+                                  jpeg_range, preprocess, standardize)
+from cxr_fast.data.sources.phantom import _anatomy, draw_phantom
+from cxr_fast.data.table import build_table
+from cxr_fast.training.learner import sampling_weights, train
 
 MARK = 6  # a white square in the top-left corner: outside the central field of a 48 px image (its border is 7 px)
 
@@ -131,7 +131,7 @@ def test_border_suppression_trains_past_a_planted_marker(tmp_path):
 def test_mitigation_options_from_the_command_line(tmp_path, capsys):
     """train with the options as a user types them, then predict with the model: model.json records them and
     predict applies them; a wrong value is one line and exit status 2."""
-    from cxr_fast.sources.phantom import make_phantoms
+    from cxr_fast.data.sources.phantom import make_phantoms
     root = tmp_path / "ph"
     make_phantoms(root, patients_per_class=3, size=40)
     run = tmp_path / "run"

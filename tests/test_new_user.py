@@ -17,8 +17,8 @@ import torch
 
 from conftest import save_gray
 from cxr_fast.cli import main
-from cxr_fast.errors import DataError
-from cxr_fast.training import fit_batch_size
+from cxr_fast.core.errors import DataError
+from cxr_fast.training.learner import fit_batch_size
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["COVID-19", "Normal", "Pneumonia"]
@@ -99,7 +99,7 @@ def test_tensorboard_callback_survives_an_epoch_without_a_training_batch(tmp_pat
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
-    from cxr_fast.tracking import TensorBoardTracker
+    from cxr_fast.training.tracking import TensorBoardTracker
     items = [(torch.randn(4), torch.randn(1)) for _ in range(5)]
     dls = DataLoaders(DataLoader(items, bs=8, shuffle=True, drop_last=True), DataLoader(items, bs=8))
     learn = Learner(dls, torch.nn.Linear(4, 1), loss_func=torch.nn.MSELoss())
@@ -141,8 +141,8 @@ def onnx_model(tmp_path_factory):
     "A tiny untrained model dir (no model.onnx) and a folder of 3 images."
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from cxr_fast.modelio import save_model_dir
-    from cxr_fast.models import build_model, default_head
+    from cxr_fast.models.folder import save_model_dir
+    from cxr_fast.models.registry import build_model, default_head
     root = tmp_path_factory.mktemp("onnx_first_use")
     torch.manual_seed(0)
     meta = {"arch": "test_resnet", "head": default_head(), "n_out": 3, "classes": CLASSES, "task": "3class",
@@ -182,7 +182,7 @@ def test_onnx_engine_exports_on_first_use_then_reuses_and_refreshes(onnx_model, 
 
 
 def test_onnx_engine_on_a_read_only_model_dir_exports_to_the_cache(onnx_model, tmp_path, capsys, monkeypatch):
-    from cxr_fast import onnx_file
+    from cxr_fast.inference import onnx_file
     mdir, images = onnx_model
     cache = tmp_path / "cache"
     monkeypatch.setenv("CXR_FAST_ONNX_CACHE", str(cache))

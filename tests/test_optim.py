@@ -5,7 +5,7 @@ import pytest
 import torch
 from fastai.optimizer import Adam
 
-from cxr_fast.optim import FastAdam
+from cxr_fast.training.optim import FastAdam
 
 
 def _params(seed=0):

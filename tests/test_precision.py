@@ -5,9 +5,9 @@ import warnings
 import pytest
 import torch
 
-from cxr_fast import precision as P
-from cxr_fast.errors import CxrError
-from cxr_fast.machine import cpu_flags, cpu_model, default_threads, machine_info, set_threads, usable_cores
+from cxr_fast.training import precision as P
+from cxr_fast.core.errors import CxrError
+from cxr_fast.core.machine import cpu_flags, cpu_model, default_threads, machine_info, set_threads, usable_cores
 
 AVX2_EPYC = {"fpu", "sse4_2", "avx", "avx2", "fma", "f16c"}            # the AMD EPYC of issue #13
 AVX512_NO_BF16 = AVX2_EPYC | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
@@ -183,7 +183,7 @@ def test_threads_follow_the_machine(monkeypatch):
 
 
 def test_one_worker_rule_reads_the_usable_cores(monkeypatch):
-    from cxr_fast import machine
+    from cxr_fast.core import machine
     monkeypatch.setattr(machine, "usable_cores", lambda: 2)
     assert machine.default_workers(reserve=1) == 1 and machine.default_workers() == 2  # processes; threads
     assert machine.default_workers(per_core=2, cap=8) == 4
@@ -231,8 +231,8 @@ def test_train_records_the_precision_and_why(tmp_path, capsys):
     "config.json, report.md and the console say what ran and why; the deprecated --bf16 still works."
     import json
 
-    from cxr_fast.table import build_table
-    from cxr_fast.training import train
+    from cxr_fast.data.table import build_table
+    from cxr_fast.training.learner import train
     table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=4, image_size=40)
     tiny = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", epochs=1)
     with warnings.catch_warnings():

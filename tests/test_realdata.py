@@ -1,7 +1,7 @@
 """The real Kaggle CoronaHack CSV and images, and DarkCovidNet, from ../shared/data (skipped when absent)."""
 import pytest
 
-from cxr_fast.table import build_table, summarize
+from cxr_fast.data.table import build_table, summarize
 
 pytestmark = pytest.mark.realdata
 
@@ -37,8 +37,8 @@ def test_coronahack_multilabel_from_the_real_csv(shared_data):
 def test_coronahack_copies_across_patients_are_found(shared_data):
     "NORMAL2-IM-0095 and -0096 are two 'patients' with the same image: in different splits they are reported."
     import pandas as pd
-    from cxr_fast.images import dhash, load_image
-    from cxr_fast.table import near_duplicate_pairs
+    from cxr_fast.data.images import dhash, load_image
+    from cxr_fast.data.table import near_duplicate_pairs
     folder = shared_data / "coronahack" / "Coronahack-Chest-XRay-Dataset" / "Coronahack-Chest-XRay-Dataset" / "test"
     names = ["NORMAL2-IM-0095-0001.jpeg", "NORMAL2-IM-0096-0001.jpeg", "IM-0001-0001.jpeg"]
     df = pd.DataFrame({"path": [str(folder / n) for n in names], "split": ["train", "valid", "test"]})

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from conftest import save_gray
-from cxr_fast import recipes
+from cxr_fast.apps import recipes
 from cxr_fast.cli import main
-from cxr_fast.errors import CxrError
+from cxr_fast.core.errors import CxrError
 
 SMOKE_TESTED = {"resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class", "densenet121-siim",
                 "darkcovidnet-scratch", "darkcovidnet-pretrained"}
@@ -126,7 +126,7 @@ def test_densenet121_3class_feature_extraction_then_fine_tuning(folders_root, tm
 def write_siim(root, studies_per_appearance=10):
     "A tiny SIIM competition folder: the two CSVs and train/<study>/<series>/<image>.dcm, one image per study."
     from conftest import xray_like
-    from cxr_fast.dicom import write_dicom
+    from cxr_fast.data.dicom import write_dicom
     appearances = ["Negative for Pneumonia", "Typical Appearance", "Indeterminate Appearance", "Atypical Appearance"]
     studies, images = [], []
     for a, appearance in enumerate(appearances):
@@ -175,7 +175,7 @@ def test_darkcovidnet_pretrained_fine_tunes_the_pip_weights(folders_root, tmp_pa
 
 
 def test_darkcovidnet_pretrained_variants_are_valid_plans():
-    from cxr_fast.plans import parse_plan
+    from cxr_fast.training.plans import parse_plan
     run = recipes.registry()["darkcovidnet-pretrained"].load()
     module = sys.modules[run.__module__]
     trains = {v: [s["train"] for s in parse_plan(module.plan_for(v, 2, 6, 1e-2, 2e-3), 1e-3)]

@@ -24,7 +24,7 @@ def test_named_layers_map_onto_lite0_by_depth():
 
 
 def test_mapped_units_are_layers_of_the_substitute():
-    from cxr_fast.models import build_model, named_layer
+    from cxr_fast.models.registry import build_model, named_layer
     model = build_model(reproduce.SUBSTITUTE, 2)
     for name in reproduce.UNITS[reproduce.SUBSTITUTE]: named_layer(model, name)
 

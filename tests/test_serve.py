@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import cxr_fast
-from cxr_fast.serve import Busy, Engine, InputError, analyse, clean_filename, load_models, model_card_html
+from cxr_fast.apps.serve.server import Busy, Engine, InputError, analyse, clean_filename, load_models, model_card_html
 
 ML_THRESHOLDS = {"COVID-19": 0.3, "Pneumonia": 0.6, "Normal": 0.5}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -134,7 +134,7 @@ def bomb_png():
 def dicom_without_pixels(tmp_path):
     import pydicom
 
-    from cxr_fast.dicom import write_dicom
+    from cxr_fast.data.dicom import write_dicom
     path = write_dicom(tmp_path / "src.dcm", np.zeros((16, 16), np.uint8) + 7)
     ds = pydicom.dcmread(path)
     del ds.PixelData
@@ -184,7 +184,7 @@ def test_an_upload_gets_predicts_probabilities_a_gradcam_and_leaves_no_file(mode
 
 
 def test_a_dicom_upload_is_read_like_predict_reads_it(models, tmp_path):
-    from cxr_fast.dicom import write_dicom
+    from cxr_fast.data.dicom import write_dicom
     arr = np.asarray(Image.open(models["images"][1]))
     path = write_dicom(tmp_path / "x.dcm", arr.astype(np.uint16) * 16, bits_stored=12)
     out = analyse(load_models([models["tiny"]])[0], path.read_bytes(), "x.dcm")

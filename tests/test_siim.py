@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_fast.dicom import write_dicom
-from cxr_fast.errors import DataError
-from cxr_fast.sources import siim
-from cxr_fast.table import build_table
+from cxr_fast.data.dicom import write_dicom
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.sources import siim
+from cxr_fast.data.table import build_table
 
 REAL_SIIM = Path(__file__).parents[2] / "shared" / "data" / "siim"
 ONEHOT = {"Negative for Pneumonia": [1, 0, 0, 0], "Typical Appearance": [0, 1, 0, 0],

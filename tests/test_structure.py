@@ -65,7 +65,7 @@ def cycles(graph):
 
 def test_the_graph_sees_the_package():
     graph = import_graph()
-    assert "cxr_fast.modelio" in graph["cxr_fast.inference"] and "cxr_fast.table" in graph["cxr_fast.sources.coronahack"]
+    assert "cxr_fast.models.folder" in graph["cxr_fast.inference.predictor"] and "cxr_fast.data.table" in graph["cxr_fast.data.sources.coronahack"]
 
 
 def test_no_import_cycle():
@@ -75,4 +75,4 @@ def test_no_import_cycle():
 
 def test_the_model_directory_has_one_owner():
     graph = import_graph()
-    assert "cxr_fast.inference" not in graph["cxr_fast.modelio"] and "cxr_fast.modelio" not in graph["cxr_fast.models"]
+    assert "cxr_fast.inference.predictor" not in graph["cxr_fast.models.folder"] and "cxr_fast.models.folder" not in graph["cxr_fast.models.registry"]

@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from cxr_fast.errors import DataError
-from cxr_fast.table import (assign_splits, build_table, classes_of, concat_tables, is_multilabel, parse_class_map,
-                            read_table, summarize, write_table)
+from cxr_fast.core.errors import DataError
+from cxr_fast.data.table import (assign_splits, build_table, classes_of, concat_tables, is_multilabel,
+                                 parse_class_map, read_table, summarize, write_table)
 
 
 def _kinds(df):

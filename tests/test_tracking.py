@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from fastai.callback.core import Callback
 
-from cxr_fast import tracking
-from cxr_fast.errors import CxrError
-from cxr_fast.table import build_table
-from cxr_fast.training import train
+from cxr_fast.training import tracking
+from cxr_fast.core.errors import CxrError
+from cxr_fast.data.table import build_table
+from cxr_fast.training.learner import train
 
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", save_best=False)
 PLAN = "head:1@1e-3,all:1@1e-3"  # two stages: the step count must continue across them

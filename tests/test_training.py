@@ -12,14 +12,15 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from torch import nn
 
-from cxr_fast import cli, modelio
-from cxr_fast.blocks import get_dls
-from cxr_fast.errors import CxrError, WeightsError
-from cxr_fast.models import named_layer
-from cxr_fast.plans import apply_stage, check_plan, fit_stage, parse_lr, parse_plan, to_fastai_lr
-from cxr_fast.table import build_table
-from cxr_fast.training import (class_weight_values, cxr_learner, resolve_config, sampling_weights,
-                               subsample_majority_train, train)
+from cxr_fast import cli
+from cxr_fast.models import folder as modelio
+from cxr_fast.data.blocks import get_dls
+from cxr_fast.core.errors import CxrError, WeightsError
+from cxr_fast.models.registry import named_layer
+from cxr_fast.training.plans import apply_stage, check_plan, fit_stage, parse_lr, parse_plan, to_fastai_lr
+from cxr_fast.data.table import build_table
+from cxr_fast.training.learner import (class_weight_values, cxr_learner, resolve_config, sampling_weights,
+                                       subsample_majority_train, train)
 
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none")  # timm's 0.5M-param resnet
 
@@ -56,10 +57,10 @@ def fake_evaluate_run(monkeypatch, request):
         (run_dir / "metrics.json").write_text(json.dumps(result))
         return result
     try:
-        import cxr_fast.evaluation as evaluation
+        import cxr_fast.evaluation.runs as evaluation
     except Exception:  # being written by another engineer
-        evaluation = types.ModuleType("cxr_fast.evaluation")
-        monkeypatch.setitem(sys.modules, "cxr_fast.evaluation", evaluation)
+        evaluation = types.ModuleType("cxr_fast.evaluation.runs")
+        monkeypatch.setitem(sys.modules, "cxr_fast.evaluation.runs", evaluation)
     monkeypatch.setattr(evaluation, "evaluate_run", evaluate_run, raising=False)
     return calls
 
@@ -289,7 +290,7 @@ def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
     import numpy as np
     from fastai.test_utils import synth_learner
 
-    from cxr_fast.checkpoints import OLD_RNG_KEYS, rng_state, set_rng_state
+    from cxr_fast.training.checkpoints import OLD_RNG_KEYS, rng_state, set_rng_state
     learn = synth_learner(n_trn=3)
     torch.save(rng_state(learn), tmp_path / "rng.pth")
     draw = lambda: (random.random(), np.random.rand(), torch.rand(1).item(), learn.dls.train.rng.random())
@@ -354,7 +355,7 @@ def test_imbalance_options(phantoms):
 
 
 def test_with_the_real_evaluation(phantoms, tmp_path, real_evaluation):
-    evaluation = pytest.importorskip("cxr_fast.evaluation")
+    evaluation = pytest.importorskip("cxr_fast.evaluation.runs")
     if not hasattr(evaluation, "evaluate_run"): pytest.skip("evaluation.evaluate_run not written yet")
     table = build_table("phantom", tmp_path / "ph", "binary", patients_per_class=4, image_size=48, test_pct=0.25)
     result = train(table=table, out=tmp_path / "run", plan="all:1@1e-3", tta=True, **TINY)

