@@ -28,10 +28,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from reproduce_originals import NONE, ORIGINALS  # noqa: E402
 
-from cxr_fast.core.jsonio import read_json, write_json
-from cxr_fast.core.machine import machine_info
-from cxr_fast.evaluation.report import fmt, md_table
-from cxr_fast.core.jsonio import write_atomic
+from cxr_fast.core.jsonio import read_json, write_atomic, write_json  # noqa: E402
+from cxr_fast.core.machine import machine_info  # noqa: E402
+from cxr_fast.evaluation.report import fmt, md_table  # noqa: E402
 
 RECIPES = ("resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class")
 DATA = {"resnet18": "coronahack", "vgg16": "coronahack", "multilabel": "coronahack",
