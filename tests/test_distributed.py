@@ -19,13 +19,13 @@ needs_accelerate = pytest.mark.skipif(__import__("importlib").util.find_spec("ac
                                       reason="accelerate not installed")
 
 
-def test_options_and_launch_command():
+def test_options_and_launch_argv():
     assert distributed.strip_option(["train", "a", "--distributed", "2", "--out", "r", "--distributed=3"],
                                     "distributed") == ["train", "a", "--out", "r"]
     assert distributed.num_processes_option(None) == 0 and distributed.num_processes_option("false") == 0
     assert distributed.num_processes_option(3) == 3 and distributed.num_processes_option(1) == 0
     assert distributed.num_processes_option("true") >= 2
-    cmd = distributed.launch_command(["train", "x"], 2, python="py")
+    cmd = distributed.launch_argv(["train", "x"], 2, python="py")
     assert cmd[:3] == ["py", "-m", "accelerate.commands.launch"] and cmd[-4:] == ["-m", "cxr_fast", "train", "x"]
     assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "2"
 
@@ -119,11 +119,11 @@ def test_two_process_run_resumes(phantom_csv, tmp_path):
     script = tmp_path / "stop.py"
     script.write_text(STOP_AFTER_FIRST_EPOCH)
     out = tmp_path / "resumed"
-    code, log = run(distributed.launch_command([str(phantom_csv), str(out)], 2)[:-4] + [str(script), str(phantom_csv),
+    code, log = run(distributed.launch_argv([str(phantom_csv), str(out)], 2)[:-4] + [str(script), str(phantom_csv),
                                                                                           str(out)], cwd=tmp_path)
     assert code != 0 and len(pd.read_csv(out / "history.csv")) == 1, log[-3000:]
     assert not (out / "metrics.json").exists()
-    code, log = run(distributed.launch_command(["train", "table", str(phantom_csv), "--out", str(out), "--resume", "true",
+    code, log = run(distributed.launch_argv(["train", "table", str(phantom_csv), "--out", str(out), "--resume", "true",
                                                 *TINY], 2), cwd=tmp_path)
     assert code == 0, log[-4000:]
     assert "resuming" in log and (out / "metrics.json").is_file() and (out / "model" / "model.pth").is_file()

@@ -9,6 +9,7 @@ from sklearn import metrics as skm
 
 from cxr_fast.evaluation import runs as ev
 from cxr_fast.evaluation import metrics as mt
+from cxr_fast.cli.evaluate import compare_command
 from cxr_fast.core.errors import CxrError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -157,7 +158,7 @@ def tiny_learner(table):
 
     from cxr_fast.data.blocks import get_dls
     from cxr_fast.models.registry import build_model
-    from cxr_fast.data.table import classes_of, is_multilabel
+    from cxr_fast.data.labels import classes_of, is_multilabel
     torch.manual_seed(0)
     dls = get_dls(table, size=32, bs=8, num_workers=0, aug="none")
     loss = BCEWithLogitsLossFlat() if is_multilabel(table) else CrossEntropyLossFlat()
@@ -350,5 +351,5 @@ def test_compare_shows_differing_config_and_headline_metrics(tmp_path, capsys):
     text = (tmp_path / "cmp.md").read_text()
     assert text.startswith("| run | arch | task | lr |") and "| n/a |" in text and "0.800" in text
     assert ev.compare(tmp_path / "runs")["run"].tolist() == ["a", "b"]  # a folder of runs stands for them
-    assert ev.compare_command(a, b) == 0 and "| a | resnet18 |" in capsys.readouterr().out
+    assert compare_command(a, b) == 0 and "| a | resnet18 |" in capsys.readouterr().out
     with pytest.raises(CxrError, match="not a run folder"): ev.compare(tmp_path / "nothing")

@@ -13,7 +13,8 @@ pytest.importorskip("onnxruntime")
 from conftest import save_gray  # noqa: E402
 from cxr_fast.inference.engines import INT8_NAME, META_KEY, ONNX_NAME, OnnxModule, load_onnx, read_onnx_meta
 from cxr_fast.core.errors import CxrError, ModelFormatError
-from cxr_fast.inference.export import export_command, export_onnx
+from cxr_fast.cli.export import export_command
+from cxr_fast.inference.export import export_onnx
 from cxr_fast.inference.predictor import Predictor
 from cxr_fast.models.registry import build_model, default_head
 from cxr_fast.models.folder import save_model_dir

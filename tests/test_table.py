@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from cxr_fast.core.errors import DataError
-from cxr_fast.data.table import (assign_splits, build_table, classes_of, concat_tables, is_multilabel,
-                                 parse_class_map, read_table, summarize, write_table)
+from cxr_fast.data.table import assign_splits, build_table, concat_tables, read_table, summarize, write_table
+from cxr_fast.data.labels import classes_of, is_multilabel, parse_class_map
 
 
 def _kinds(df):

@@ -10,18 +10,18 @@ import warnings
 from ..core.errors import CxrError
 
 COMMANDS = {
-    "demo": ("cxr_fast.apps.demo", "demo_command", "generate synthetic phantoms, train a small model, write a run folder"),
-    "table": ("cxr_fast.data.load", "table_command", "build the canonical table of a dataset; print class counts and problems"),
-    "download": ("cxr_fast.data.download", "download_command", "download a Kaggle dataset into data/"),
-    "train": ("cxr_fast.training.learner", "train_command", "train a model on a dataset and write a run folder"),
-    "evaluate": ("cxr_fast.evaluation.runs", "evaluate_command", "evaluate a trained model on a labelled dataset"),
-    "audit": ("cxr_fast.apps.audit.core", "audit_command", "shortcut audit of a dataset or a run: file facts, border, sources"),
-    "predict": ("cxr_fast.inference.predictor", "predict_command", "predict images, folders, globs or a CSV of paths"),
-    "export": ("cxr_fast.inference.export", "export_command", "export a model dir to ONNX (model.onnx; --int8) for predict --engine onnx"),
-    "recipe": ("cxr_fast.apps.recipes", "recipe_command", "run a named experiment recipe (--list lists them)"),
-    "tune": ("cxr_fast.apps.tune", "tune_command", "Optuna sweep over train or a recipe: a run folder per trial, shared study"),
-    "compare": ("cxr_fast.evaluation.runs", "compare_command", "a markdown table of several runs' configurations and metrics"),
-    "serve": ("cxr_fast.apps.serve.server", "serve_command", "a local web page: upload an X-ray, see probabilities, Grad-CAM, model card"),
+    "demo": ("cxr_fast.cli.demo", "demo_command", "generate synthetic phantoms, train a small model, write a run folder"),
+    "table": ("cxr_fast.cli.table", "table_command", "build the canonical table of a dataset; print class counts and problems"),
+    "download": ("cxr_fast.cli.download", "download_command", "download a Kaggle dataset into data/"),
+    "train": ("cxr_fast.cli.train", "train_command", "train a model on a dataset and write a run folder"),
+    "evaluate": ("cxr_fast.cli.evaluate", "evaluate_command", "evaluate a trained model on a labelled dataset"),
+    "audit": ("cxr_fast.cli.audit", "audit_command", "shortcut audit of a dataset or a run: file facts, border, sources"),
+    "predict": ("cxr_fast.cli.predict", "predict_command", "predict images, folders, globs or a CSV of paths"),
+    "export": ("cxr_fast.cli.export", "export_command", "export a model dir to ONNX (model.onnx; --int8) for predict --engine onnx"),
+    "recipe": ("cxr_fast.cli.recipe", "recipe_command", "run a named experiment recipe (--list lists them)"),
+    "tune": ("cxr_fast.cli.tune", "tune_command", "Optuna sweep over train or a recipe: a run folder per trial, shared study"),
+    "compare": ("cxr_fast.cli.evaluate", "compare_command", "a markdown table of several runs' configurations and metrics"),
+    "serve": ("cxr_fast.cli.serve", "serve_command", "a local web page: upload an X-ray, see probabilities, Grad-CAM, model card"),
 }
 
 

@@ -13,7 +13,8 @@ from .cache import make_cache
 from ..core.errors import DataError
 from .images import check_preprocessing, jpeg_eval_quality, jpeg_roundtrip, load_image, preprocess, to_rgb
 from .resize import check_method, squish, target_hw
-from .table import classes_of, is_multilabel, validate_table
+from .labels import classes_of, is_multilabel
+from .table import validate_table
 from ..core.jsonio import write_atomic
 
 AUG_PRESETS = {

@@ -151,5 +151,5 @@ def safe_input_warnings(path, gray=None):
 
 
 def warning_problems(paths, warnings):
-    "Table problems (as table.problem makes them) of kind `input_warning`, rows kept, for the paths with a warning."
+    "Table problems (as rows.problem makes them) of kind `input_warning`, rows kept, for the paths with a warning."
     return [{"kind": "input_warning", "path": str(p), "detail": w} for p, w in zip(paths, warnings) if w]

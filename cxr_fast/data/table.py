@@ -12,61 +12,11 @@ from ..core.errors import DataError
 from ..core.jsonio import write_atomic
 from .guards import safe_input_warnings, warning_problems
 from .images import inspect_decoded
+from .labels import classes_of, is_multilabel, label_strings, map_classes, parse_class_map
+from .rows import SPLITS, problem
 from .sources import get_source
 
-SPLITS = ("train", "valid", "test")
-META_COLUMNS = ("path", "patient_id", "split", "label", "source")
 NEAR_DUPLICATE_BITS = 4  # dhash Hamming distance (of 256) at or under which two images count as near duplicates
-
-
-def problem(kind, path, detail):
-    "One problem found while building a table (missing_file, unreadable, unknown_label, ...)."
-    return {"kind": kind, "path": str(path) if path is not None else "", "detail": detail}
-
-
-def is_multilabel(df):
-    "True for a multi-label table (0/1 columns per class, no `label` column)."
-    if "multilabel" in df.attrs: return bool(df.attrs["multilabel"])
-    return "label" not in df.columns
-
-
-def classes_of(df):
-    "The class vocabulary in its fixed order: from attrs, else from the columns of a CSV table."
-    if df.attrs.get("classes"): return list(df.attrs["classes"])
-    if "label" in df.columns: return sorted(df["label"].astype(str).unique())
-    return [c for c in df.columns if c not in META_COLUMNS and set(df[c].dropna().unique()) <= {0, 1}]
-
-
-def label_strings(df):
-    "One string per row naming its class (multi-label: the ';'-joined positive labels)."
-    if not is_multilabel(df): return df["label"].astype(str)
-    classes = classes_of(df)
-    return df[classes].apply(lambda r: ";".join(c for c in classes if r[c] == 1) or "none", axis=1)
-
-
-def map_classes(df, mapping, classes):
-    """Rename/merge single-label classes: `mapping` is {old: new}; rows whose class is not in it are
-    dropped. Returns (table, new class list in first-seen order of `mapping`)."""
-    new_classes = list(dict.fromkeys(mapping.values()))
-    known = set(classes)
-    unknown = [k for k in mapping if k not in known]
-    if unknown: raise DataError(f"--classes names {unknown}, not among this data's classes {classes}")
-    out = df[df["label"].isin(list(mapping))].copy()
-    out["label"] = out["label"].map(mapping)
-    return out, new_classes
-
-
-def parse_class_map(spec):
-    """'A->X,B->X,C' -> {'A': 'X', 'B': 'X', 'C': 'C'}; also accepts a dict or list."""
-    if spec is None or spec == "": return None
-    if isinstance(spec, dict): return {str(k): str(v) for k, v in spec.items()}
-    items = list(spec) if isinstance(spec, (list, tuple)) else str(spec).split(",")
-    out = {}
-    for item in (str(i).strip() for i in items):
-        if not item: continue
-        old, _, new = item.partition("->")
-        out[old.strip()] = (new or old).strip()
-    return out
 
 
 def _stratify_key(df):
@@ -111,15 +61,6 @@ def assign_splits(df, valid_pct=0.2, test_pct=0.0, seed=42):
     if valid_pct > 0 and not (df["split"] == "valid").any():
         df = carve_split(df, df["split"] == "train", "valid", valid_pct / (1 - (df["split"] == "test").mean()), seed)
     return df
-
-
-def subsample_class(df, cls, fraction, seed=42):
-    "Keep a random `fraction` of class `cls`'s patients in the train pool (test rows untouched)."
-    if not 0 < fraction <= 1: raise DataError(f"subsample fraction must be in (0, 1], got {fraction}")
-    is_cls = (label_strings(df) == cls) & (df.get("split", pd.Series("train", index=df.index)) != "test")
-    patients = df.loc[is_cls, "patient_id"].drop_duplicates()
-    keep = set(patients.sample(frac=fraction, random_state=seed))
-    return df[~is_cls | df["patient_id"].isin(keep)].copy()
 
 
 def shared_patients(df):

@@ -8,7 +8,8 @@ import pandas as pd
 
 from . import calibration, plots
 from .metrics import HEADLINE, decisions, targets_of
-from ..data.table import classes_of, format_problems, is_multilabel, summarize
+from ..data.labels import classes_of, is_multilabel
+from ..data.table import format_problems, summarize
 from ..core.jsonio import write_atomic
 from .card import describe_provenance
 
@@ -200,7 +201,8 @@ def audit_section(audit_json):
         verdict = json.loads(Path(audit_json).read_text())["verdict"]
     except (ValueError, KeyError, OSError):
         return []
-    return ["## Shortcut audit", "", f"**{verdict['level']}**: {verdict['text']} (details: [audit.md](audit.md))", ""]
+    advice = [verdict["advice"], ""] if verdict.get("advice") else []
+    return ["## Shortcut audit", "", f"**{verdict['level']}**: {verdict['text']} (details: [audit.md](audit.md))", "", *advice]
 
 
 def write_report(out, title, result, figures=(), failures=(), table=None, config=None, extra=(), leakage=True):

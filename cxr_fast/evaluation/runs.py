@@ -19,19 +19,19 @@ from fastai.callback.core import Callback
 
 from ..core.activations import activate
 from . import calibration
-from ..cli.args import as_choice, as_int
 from ..data.blocks import test_dl
 from .card import evaluation_entry
 from ..data.load import load_table, typed_source_options
 from ..core.errors import CxrError, DataError
 from ..inference.predictor import TTA_VIEWS, Predictor, mean_over_views, stack_views
 from ..core.jsonio import jsonable, read_json, write_json
-from .metrics import HEADLINE, N_BOOT, split_metrics, targets_of, tune_thresholds
+from .metrics import N_BOOT, split_metrics, targets_of, tune_thresholds
 from ..models.folder import find_model_dir, record_evaluation
 from .plots import dls_batches, read_history
-from .report import fmt, with_ci, draw_figures, md_table, write_report
+from .report import fmt, draw_figures, md_table, write_report
 from ..data.sources import get_source
-from ..data.table import absent_classes, classes_of, is_multilabel, parse_class_map
+from ..data.table import absent_classes
+from ..data.labels import classes_of, is_multilabel, parse_class_map
 from ..data.labels import positive_index
 from ..core.jsonio import write_atomic
 
@@ -297,37 +297,6 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     return result
 
 
-def evaluate_command(model_dir, source, root, task=None, out=None, classes=None, split="all", n_boot=N_BOOT, seed=0,
-                     bs=32, gradcam=8, precision="auto", **source_options):
-    """Evaluate a trained model on another labelled dataset: metrics with 95% CIs, figures, report.md.
-
-    Args:
-      model_dir: a model folder, or a run folder (its model/ is used)
-      source: coronahack, folders, siim, phantom, or 'table' for a saved table CSV
-      root: the dataset folder
-      task: the source's task (default: the model's task, or `folders`)
-      out: output folder (default: RUN_DIR/eval-<source>-<root name>)
-      classes: map data classes onto the model's, e.g. 'COVID-19->Covid-19,Normal->No_findings';
-               classes the model does not know are counted in the report, not scored
-      split: all, or only the source's own train / valid / test images
-      n_boot: bootstrap resamples for the confidence intervals (0: none)
-      gradcam: how many images get a Grad-CAM heatmap (0: none)
-      precision: auto (chosen by the machine), fp32, bf16 or fp16, as for predict
-      source_options: source options, e.g. --kaggle-split false (coronahack)
-    """
-    result = evaluate(str(model_dir), str(source), str(root), task=task, out=out, classes=classes,
-                      split=as_choice(split, ["all", "train", "valid", "test"], "split"), n_boot=as_int(n_boot, "n-boot", 0),
-                      seed=as_int(seed, "seed"), bs=as_int(bs, "bs", 1), n_gradcam=as_int(gradcam, "gradcam", 0),
-                      precision=str(precision), **source_options)
-    print("\n".join(md_table(["split", "images", *[k.replace("_", " ") for k in HEADLINE]],
-                              [["test", result["test"]["n"], *[with_ci(result["test"], k) for k in HEADLINE]]])))
-    for name, info in result["unknown_classes"].items():
-        print(f"not scored: {info['images']} images of class {name}, unknown to the model")
-    print(f"wrote {result['out']}/report.md")
-    print(f"added this evaluation to the model card: {result['card']}")
-    return 0
-
-
 # ---- comparing runs ------------------------------------------------------------------------
 
 IGNORED_CONFIG_KEYS = {"out", "run_dir", "resume", "model_dir"}
@@ -380,16 +349,3 @@ def compare_markdown(df):
     cells = [[fmt(v) if isinstance(v, float) else ("n/a" if v is None else str(v)) for v in r]
              for r in df.itertuples(index=False)]
     return "\n".join(md_table(list(df.columns), cells))
-
-
-def compare_command(*run_dirs, out=None):
-    """Compare runs: a markdown table of their differing configuration and headline metrics.
-
-    Args:
-      run_dirs: run folders (or a folder holding run folders)
-      out: also write the table to this markdown file
-    """
-    df = compare(*run_dirs, out=out)
-    print(compare_markdown(df))
-    if out: print(f"\nwrote {out}")
-    return 0

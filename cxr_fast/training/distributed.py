@@ -26,8 +26,6 @@ import sys
 from contextlib import contextmanager
 
 import torch
-from fastai.learner import AvgMetric
-from fastai.metrics import AccumMetric
 
 from ..cli.args import as_bool, as_int
 from ..core.errors import CxrError
@@ -131,55 +129,13 @@ def trainer_callbacks(sync_bn=False):
 def data_parallel_trainer(sync_bn=False):
     "fastai's DistributedTrainer with gloo-safe DataLoaders and Accelerator(cpu=True) when CUDA is absent."
     _require_accelerate()
-    from fastai.distributed import DistributedDL, DistributedTrainer  # imports accelerate (checked just above)
-
-    class GlooDistributedDL(DistributedDL):
-        "DistributedDL whose index broadcast uses a CPU tensor with gloo (fastai's is CUDA-only, for nccl)."
-        def _broadcast(self, t, rank):
-            t = torch.LongTensor(t)
-            if torch.distributed.get_backend() == "nccl": t = t.cuda()
-            torch.distributed.broadcast(t, rank)
-            return t.cpu().tolist()
-
-    class DataParallelTrainer(DistributedTrainer):
-        "DistributedTrainer (fastai) over GlooDistributedDL; unwraps to the plain model after each fit."
-        def _wrap_dl(self, dl):
-            if isinstance(dl, DistributedDL): return dl
-            return GlooDistributedDL(dl, device=self.accelerator.device)
-
-        def before_fit(self):
-            super().before_fit()
-            self.old_loss, self.old_metrics = self.learn.recorder.loss, self.learn.metrics
-            self.learn.recorder.loss = whole_set_loss(self.learn)
-            self.learn.metrics = [whole_set_metric(m) for m in self.old_metrics]
-
-        def after_fit(self):
-            self.learn.model, self.learn.dls.loaders = unwrap(self.learn.model), self.old_dls
-            self.learn.recorder.loss, self.learn.metrics = self.old_loss, self.old_metrics
-
+    from .data_parallel import DataParallelTrainer  # imports fastai.distributed, hence accelerate (checked above)
     return DataParallelTrainer(sync_bn=sync_bn, cpu=not torch.cuda.is_available())
-
-
-def whole_set_metric(metric):
-    """An `AvgMetric` (fastai's accuracy: per-process means averaged over a valid set padded to a multiple of the
-    process count) as an `AccumMetric` of the same name: computed once on every process's predictions, gathered
-    with the padding removed. Other metrics (AccumMetric: F1, AUC) already are."""
-    if type(metric) is not AvgMetric: return metric
-    return AccumMetric(metric.func, flatten=False, name=metric.name)
-
-
-def whole_set_loss(learn):
-    "The recorder's valid loss as the loss function over every process's gathered predictions (padding removed)."
-    device = learn.dls.device
-
-    def loss(preds, targs):
-        return learn.loss_func(preds.to(device), targs.to(device)).mean()
-    return AccumMetric(loss, flatten=False, name="loss")
 
 
 # ---- launching -------------------------------------------------------------------------------
 
-def launch_command(argv, num_processes, python=sys.executable):
+def launch_argv(argv, num_processes, python=sys.executable):
     """The `accelerate launch` command that runs `python -m cxr_fast ARGV...` in `num_processes` processes
     (`--multi_gpu`: Accelerate's flag for several local processes, GPUs or, without CUDA, CPU processes)."""
     return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
@@ -201,7 +157,7 @@ def relaunch(argv, num_processes):
     """Run `python -m cxr_fast ARGV` (with --distributed removed) under `accelerate launch`; its exit status.
     Inside a launch already (WORLD_SIZE set) nothing is relaunched: the caller trains in this process."""
     _require_accelerate()
-    command = launch_command(strip_option(argv, "distributed"), num_processes)
+    command = launch_argv(strip_option(argv, "distributed"), num_processes)
     print("launching:", " ".join(shlex.quote(c) for c in command), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.call(command, env=env)

@@ -9,7 +9,6 @@ RUN_DIR gets config.json, history.csv (one row per epoch, all stages, `stage` an
 table.csv/.json, checkpoints/{last,best}.pth, metrics.json/report.md/plots (evaluation.py) and model/.
 """
 import hashlib
-import inspect
 import json
 from collections import Counter
 from functools import partial
@@ -28,7 +27,7 @@ from torch import nn
 
 from . import distributed, tracking
 from ..evaluation import runs as evaluation
-from ..cli.args import as_bool, as_choice, as_float, as_int, as_list, to_argv
+from ..cli.args import as_bool, as_choice, as_float, as_int, as_list
 from ..data.blocks import AUG_PRESETS, get_dls
 from ..evaluation.card import data_facts, describe_provenance
 from .checkpoints import (BestModel, EarlyStop, ResumeRecorder, RunCheckpoint, check_resume, load_last,
@@ -46,8 +45,8 @@ from .optim import FastAdam
 from .precision import PRECISIONS, apply_precision, precision_default, resolve_precision
 from .progress import configure_progress
 from ..data.resize import RESIZE_METHODS
-from ..data.table import (classes_of, is_multilabel, label_strings, subsample_class, summarize, validate_table,
-                          write_table)
+from ..data.labels import classes_of, is_multilabel, label_strings, subsample_class
+from ..data.table import summarize, validate_table, write_table
 from ..core.jsonio import write_atomic
 from ..core.version import __version__
 from ..models.weights import ensure_pretrained_available, init_weights
@@ -117,7 +116,7 @@ def cxr_learner(dls, arch="resnet18", head=None, pretrained=True, weights=None, 
 # ---- data: imbalance -------------------------------------------------------------------------
 
 def subsample_majority_train(table, fraction, seed=42):
-    "Keep `fraction` of the majority class's train patients (table.subsample_class); valid and test untouched."
+    "Keep `fraction` of the majority class's train patients (labels.subsample_class); valid and test untouched."
     table = table.reset_index(drop=True)
     train = table[table["split"] == "train"]
     majority = label_strings(train).value_counts().idxmax()
@@ -260,7 +259,6 @@ def cache_option(value):
     if str(value).strip().lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
         return as_bool(value, "cache")
     return str(Path(str(value)).expanduser())
-
 
 
 def prepare_run_dir(run_dir, config):
@@ -552,38 +550,3 @@ def format_summary(results):
         if scalars: lines.append(f"{split}: " + "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()))
     lines.append(f"run folder: {results.get('run_dir')}")
     return "\n".join(lines)
-
-
-@delegates(train, keep=True, but=["table", "cbs", "source_options"])
-def train_command(source, root, task=None, out=None, **options):
-    """Train a model on a dataset, evaluate it on the valid (and test) split, write a run folder.
-
-    python -m cxr_fast train SOURCE ROOT --task TASK --arch ARCH --out RUN_DIR [options]
-
-    Options (see `cxr_fast.training.learner.train` for all): --calibrate true|false (temperature scaling on valid),
-    --target-sensitivity 0.95 (binary: the operating point chosen on valid; none: 0.5), --arch, --plan 'head:2@1e-3,all:3@1e-5:1e-3',
-    --epochs, --freeze-epochs, --lr (number or auto), --lr-find, --pretrained true|false, --weights PATH,
-    --hidden 4300 --dropout 0.5, --opt adamw|adam|sgd, --wd, --clip, --bs, --size, --aug, --resize-method,
-    --seed, --preprocessing none|equalize|standardize|crop-field|blank-border (steps joined by '+'),
-    --jpeg-quality LO:HI, --balance-sources, --audit true|false, --loss auto|ce|bce|focal, --focal-alpha, --focal-gamma, --label-smoothing, --class-weights auto,
-    --subsample-majority 0.5, --oversample, --monitor, --save-best, --patience, --train-bn, --bn-stats train|frozen|fixed,
-    --precision auto|fp32|bf16|fp16 (--bf16, --mixed-precision: deprecated aliases), --cache, --export-pkl,
-    --resume, --overwrite, --num-workers, --valid-pct, --test-pct, --classes,
-    --dedup, and the source's own options (e.g. --balance for coronahack);
-    --tracker csv|tensorboard|mlflow|wandb (comma-separated for several), --tracker-dir DIR;
-    --distributed N: data-parallel over N processes (accelerate launch; GPUs, or CPU processes with gloo), --sync-bn.
-    """
-    options = {k.replace("-", "_"): v for k, v in options.items()}
-    if "help" in options:  # `train SOURCE ROOT --help`: Fire hands --help to **options
-        print(inspect.cleandoc(__doc__) + "\n\n" + inspect.cleandoc(train.__doc__))
-        return 0
-    if out is None or str(out).strip() == "": raise CxrError("--out RUN_DIR is required")
-    if "table" in options or "cbs" in options:
-        raise CxrError("--table/--cbs are Python-only; give source 'table' and the CSV as ROOT")
-    processes = distributed.num_processes_option(options.pop("distributed", None))
-    if processes > 1 and not distributed.is_distributed():  # --distributed N: this command under accelerate launch
-        argv = ["train", str(source), str(root), *(["--task", str(task)] if task is not None else []), "--out", str(out)]
-        return distributed.relaunch(argv + to_argv(options), processes)
-    results = train(source, root, task, out=out, **options)
-    if distributed.is_main(): print(format_summary(results))
-    return 0

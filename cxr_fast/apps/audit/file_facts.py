@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from ...core.errors import DataError
 from ...data.images import is_dicom_file
-from ...data.table import classes_of, is_multilabel
+from ...data.labels import classes_of, is_multilabel
 
 DICOM_TAG_FACTS = {"Manufacturer": "manufacturer", "Modality": "modality", "ViewPosition": "view_position",
                    "PhotometricInterpretation": "photometric", "InstitutionName": "institution"}

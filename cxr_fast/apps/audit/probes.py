@@ -17,7 +17,7 @@ import numpy as np
 
 from ...core.errors import CxrError
 from ...data.images import CENTRAL_FIELD, central_box, check_preprocessing
-from ...data.table import classes_of
+from ...data.labels import classes_of
 
 PROBES = {"full": None, "border_only": "blank-center", "center_only": "blank-border"}
 PROBE_DEFAULTS = dict(size=128, epochs=3, bs=32)  # a dataset's probes: small and short (stated in audit.md)

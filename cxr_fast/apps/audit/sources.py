@@ -4,7 +4,7 @@ The label x source counts, a warning for each class that comes (nearly) all from
 classes mostly do not come from, and how well the sources can be told apart from file facts alone
 (the same patient-grouped cross-validated classifier as file_facts, predicting `source`).
 """
-from ...data.table import classes_of, is_multilabel
+from ...data.labels import classes_of, is_multilabel
 from .file_facts import (ACQUISITION_FACTS, CONTENT_FACTS, cross_validated, encoded, patient_groups, read_facts,
                          readable_rows, varying_facts)
 

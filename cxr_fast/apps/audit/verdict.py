@@ -11,6 +11,12 @@ from ...evaluation.report import fmt, md_table
 
 STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
+MITIGATION = {  # what `train` offers against each kind of finding (the options of docs/shortcuts.md)
+    "acquisition": "one acquisition path for every image (`--resize-method pad --jpeg-quality 30:95 "
+                   "--preprocessing standardize`)",
+    "border": "border suppression (`--preprocessing crop-field`, with standardize: `standardize+crop-field`)",
+    "sources": "source-balanced sampling (`--balance-sources true`) where a class comes from several sources",
+}
 
 
 def _auc(d, cls):
@@ -27,45 +33,56 @@ def _facts_named(file_facts, cls, group=None):
 
 
 def class_findings(cls, file_facts, pixel, full_auc):
-    "The sentences for one class, and how strong its shortcut is (0 none, 1 notable, 2 strong)."
+    "The sentences for one class, how strong its shortcut is (0 none, 1 notable, 2 strong), and its kinds."
     acq = _auc((file_facts.get("acquisition") or {}).get("auroc"), cls)
     every = _auc(file_facts.get("auroc"), cls)
     border = _auc(((pixel or {}).get("border_only") or {}).get("auroc"), cls)
-    parts, level = [], 0
+    parts, level, kinds = [], 0, set()
     if acq is not None and acq >= NOTABLE:
         named = _facts_named(file_facts, cls, "acquisition") or "acquisition facts"
         parts.append(f"from file facts alone ({named}: AUROC {acq:.2f})")
         level = max(level, 2 if acq >= STRONG else 1)
+        kinds.add("acquisition")
     elif every is not None and every >= NOTABLE:  # content-mixed: a note, not a shortcut on its own
         parts.append(f"from file size alone (AUROC {every:.2f}; acquisition facts {fmt(acq, 2)}), which for lossless "
                      f"files partly tracks image content")
     if border is not None and border >= NOTABLE:
         parts.append(f"from the image border alone (the central {CENTRAL_FIELD:.0%} blanked: AUROC {border:.2f})")
         level = max(level, 2 if border >= STRONG else 1)
-    if not parts: return None, 0
+        kinds.add("border")
+    if not parts: return None, 0, kinds
     text = f"{cls} is predictable " + " and ".join(parts)
     if full_auc is not None and level == 2: text += f": this model's {full_auc:.2f} need not come from the lungs"
-    return text + ".", level
+    return text + ".", level, kinds
+
+
+def advice(kinds):
+    "What to train with against the kinds of shortcut found, and what no option fixes."
+    if not kinds: return None
+    options = "; ".join(MITIGATION[k] for k in ("acquisition", "border", "sources") if k in kinds)
+    return (f"To train past it: {options}; then `audit RUN_DIR` and `evaluate` on another source to see what is left. "
+            "No option fixes a class that comes from one source only: that needs images of every class from the "
+            "same hospitals.")
 
 
 def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None):
     """{"level": "shortcut"|"warning"|"none", "findings": [sentences], "text": one paragraph}. full_auc: {class:
     AUROC} of the model the verdict speaks of (a run's own test figures, or the full-image probe)."""
-    findings, level = [], 0
+    findings, level, kinds = [], 0, set()
     classes = list((file_facts or {}).get("auroc") or ((pixel or {}).get("full") or {}).get("auroc") or {})
     for cls in classes:
-        text, lv = class_findings(cls, file_facts or {}, pixel, _auc(full_auc, cls))
+        text, lv, found = class_findings(cls, file_facts or {}, pixel, _auc(full_auc, cls))
         if text: findings.append(text)
-        level = max(level, lv)
+        level, kinds = max(level, lv), kinds | found
     for warning in (sources or {}).get("warnings", []):
         findings.append(warning if warning.endswith(".") else warning + ".")
-        level = max(level, 1)
+        level, kinds = max(level, 1), kinds | {"sources"}
     if gradcam and gradcam.get("outside_share") is not None and gradcam.get("note") is None:
         out, uniform = gradcam["outside_share"], gradcam["uniform_share"]
         if out >= uniform + LOOKS_OUTSIDE:
             findings.append(f"The model's Grad-CAM puts {out:.0%} of its mass outside the central field "
                             f"(a uniform map: {uniform:.0%}): it looks at the border.")
-            level = max(level, 1)
+            level, kinds = max(level, 1), kinds | {"border"}
     if level == 0:  # nothing but content-mixed notes, or nothing at all
         notes = " ".join(findings)
         best_acq = max((v for v in ((file_facts or {}).get("acquisition") or {}).get("auroc", {}).values()
@@ -73,9 +90,9 @@ def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None):
         text = ("No shortcut found by these tests" + (f" (file facts: AUROC at most {best_acq:.2f})" if best_acq else "") +
                 ". That does not make the model free of shortcuts: only these tests found none; evaluate it on "
                 "another source (`evaluate`)." + (f" Note: {notes}" if notes else ""))
-        return {"level": "none", "findings": findings, "text": text}
+        return {"level": "none", "findings": findings, "text": text, "advice": None}
     names = {2: "shortcut", 1: "warning"}
-    return {"level": names[level], "findings": findings, "text": " ".join(findings)}
+    return {"level": names[level], "findings": findings, "text": " ".join(findings), "advice": advice(kinds)}
 
 
 # ---- audit.md ---------------------------------------------------------------------------------
@@ -148,6 +165,7 @@ def render(result):
     "audit.md: verdict first, then each test's table, then what the audit could not do."
     v = result["verdict"]
     lines = [f"# Shortcut audit: {result.get('subject')}", "", f"**Verdict ({v['level']})**: {v['text']}", ""]
+    if v.get("advice"): lines += [v["advice"], ""]
     if result.get("run"): lines += ["Model of the run: AUROC per class " + ", ".join(
         f"{c} {fmt(a, 2)}" for c, a in (result["run"].get("auroc") or {}).items()) + f" ({result['run']['split']} split).", ""]
     lines += file_facts_lines(result.get("file_facts")) + sources_lines(result.get("sources"))

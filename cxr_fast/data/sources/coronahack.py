@@ -4,8 +4,9 @@ from pathlib import Path
 import pandas as pd
 
 from ...core.errors import DataError
-from ..table import problem, subsample_class
-from . import patient_from_filename
+from ..rows import problem
+from ..labels import subsample_class
+from .patients import patient_from_filename
 
 CSV_NAME = "Chest_xray_Corona_Metadata.csv"
 COLUMNS = ["X_ray_image_name", "Label", "Dataset_type", "Label_2_Virus_category", "Label_1_Virus_category"]

@@ -5,8 +5,8 @@ import pandas as pd
 
 from ...core.errors import DataError
 from ..images import is_image_file
-from ..table import problem
-from . import patient_from_filename
+from ..rows import problem
+from .patients import patient_from_filename
 
 TASKS = {
     "folders": "every class folder is a class (use --classes to pick, rename or merge them)",

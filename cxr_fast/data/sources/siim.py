@@ -14,7 +14,7 @@ import pandas as pd
 from ..dicom import dicom_header, is_frontal
 from ...core.errors import DataError
 from ..images import DICOM_SUFFIXES, is_image_file
-from ..table import problem
+from ..rows import problem
 
 STUDY_CSV = "train_study_level.csv"
 IMAGE_CSV = "train_image_level.csv"
