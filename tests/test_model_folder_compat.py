@@ -3,6 +3,7 @@
 tests/fixtures/model_v0.1.0 is a 1-epoch `test_resnet` on 3-class phantoms (32 px), written by `train` at 0.1.0;
 it must stay readable by every later version (issue #21: model folders written by today's code stay readable).
 """
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -38,10 +39,12 @@ def test_load_model_predicts_a_phantom_with_the_saved_classes(phantoms):
 
 
 def test_predict_and_evaluate_from_the_command_line(phantoms, tmp_path):
+    model = shutil.copytree(FIXTURE, tmp_path / "model")  # evaluate adds itself to the model card: not the fixture's
     out = tmp_path / "preds.csv"
-    assert main(["predict", str(FIXTURE), str(phantoms), "--out", str(out)]) == 0
+    assert main(["predict", str(model), str(phantoms), "--out", str(out)]) == 0
     preds = pd.read_csv(out)
     assert len(preds) == 6 and set(preds["pred"]) <= set(CLASSES)
-    assert main(["evaluate", str(FIXTURE), "phantom", str(phantoms), "--task", "3class", "--out", str(tmp_path / "ev"),
+    assert main(["evaluate", str(model), "phantom", str(phantoms), "--task", "3class", "--out", str(tmp_path / "ev"),
                  "--n-boot", "10", "--gradcam", "0"]) == 0
     assert (tmp_path / "ev" / "report.md").exists()
+    assert "phantom" in (model / "MODEL_CARD.md").read_text() or "phantom" in (model / "model.json").read_text()
