@@ -99,7 +99,7 @@ def test_tensorboard_callback_survives_an_epoch_without_a_training_batch(tmp_pat
     from fastai.data.core import DataLoaders
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
-    from cxr_fast.training.tracking import TensorBoardTracker
+    from cxr_fast.training.tracking.tensorboard_tracker import TensorBoardTracker
     items = [(torch.randn(4), torch.randn(1)) for _ in range(5)]
     dls = DataLoaders(DataLoader(items, bs=8, shuffle=True, drop_last=True), DataLoader(items, bs=8))
     learn = Learner(dls, torch.nn.Linear(4, 1), loss_func=torch.nn.MSELoss())

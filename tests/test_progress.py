@@ -5,7 +5,8 @@ import pytest
 from fastai.callback.progress import ProgressCallback
 from fastai.test_utils import synth_learner
 
-from cxr_fast.training.progress import EpochLines, configure_progress, resolve_mode
+from cxr_fast.training.callbacks import EpochLines
+from cxr_fast.training.progress import configure_progress, resolve_mode
 
 
 class FakeTerminal(io.StringIO):

@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ from fastai.callback.core import Callback
 from cxr_fast.training import tracking
 from cxr_fast.core.errors import CxrError
 from cxr_fast.data.table import build_table
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", save_best=False)
 PLAN = "head:1@1e-3,all:1@1e-3"  # two stages: the step count must continue across them
@@ -46,6 +48,16 @@ def test_parse_trackers_checks_names_and_packages(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(CxrError, match=r"needs the mlflow package: pip install 'cxr_fast\[track\]'"):
         tracking.parse_trackers("mlflow")
+
+
+def test_a_backend_is_imported_only_when_a_run_uses_it():
+    "(wandb itself is not checked: timm imports it when it is installed)"
+    backends = [f"cxr_fast.training.tracking.{n}_tracker" for n in ("tensorboard", "mlflow", "wandb")]
+    watched = [*backends, "tensorboard", "mlflow", "fastai.callback.tensorboard", "fastai.callback.wandb"]
+    code = ("import sys; import cxr_fast.training.run; from cxr_fast.training import tracking; "
+            f"tracking.run_hooks('r', 'csv'); print([m for m in {watched!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_csv_tracker(tracked):

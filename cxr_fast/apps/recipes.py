@@ -24,11 +24,12 @@ from ..cli.args import as_int, as_type_of
 from ..data.download import DATASETS, manual_hint
 from ..core.errors import CxrError
 from ..data.labels import label_strings
+from ..evaluation.metrics import HEADLINE
 from ..core.jsonio import write_atomic
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 SMOKE = {"size": 32, "bs": 8, "epochs": 1, "rows_per_class": 8}  # quick=True: per (split, class) rows kept
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "exact_match")
+RESULT_METRICS = (*HEADLINE, "exact_match")  # the headline metrics, and exact match for a multi-label task
 
 
 @dataclass
@@ -199,7 +200,7 @@ def epochs(quick, *counts):
 
 def headline(result):
     "The headline metrics of a train() result per split, and its run folder."
-    out = {s: {k: result[s][k] for k in HEADLINE if result[s].get(k) is not None}
+    out = {s: {k: result[s][k] for k in RESULT_METRICS if result[s].get(k) is not None}
            for s in ("valid", "test") if result.get(s)}
     return {**out, "run_dir": result.get("run_dir")}
 

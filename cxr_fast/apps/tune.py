@@ -52,7 +52,9 @@ from ..core.errors import CxrError
 from ..evaluation.runs import compare, compare_markdown
 from .recipes import get_recipe, resolve_args, run_recipe
 from ..core.jsonio import write_atomic
-from ..training.tracking import epoch_log, epoch_ran, tracking_context
+from ..training.callbacks import RunCheckpoint, epoch_ran
+from ..training.tracking import tracking_context
+from ..training.tracking.base import epoch_log
 from ..training.learner import train
 from .tune_space import Param, parse_space, suggest
 
@@ -146,7 +148,7 @@ def available_metrics(runs):
 class OptunaPruning(Callback):
     """After every epoch: report the recorder's `monitor` (times `sign`) to the Optuna trial; when the pruner says
     so, raise optuna.TrialPruned (the trial stops, its run folder keeps config.json and history.csv)."""
-    order = 70  # after the recorder (50), the trackers and RunCheckpoint (65): a pruned epoch is in history.csv
+    order = RunCheckpoint.order + 1  # after the trackers and RunCheckpoint: a pruned epoch is in history.csv
 
     def __init__(self, trial, monitor, sign, counter):
         self.trial, self.monitor, self.sign, self.counter = trial, monitor, sign, counter

@@ -21,6 +21,7 @@ from sklearn.metrics import roc_curve
 
 from ..core.activations import activate as activation
 from ..core.jsonio import write_atomic
+from .markdown import fmt, md_table
 
 N_BINS = 15
 T_BOUNDS = (0.01, 100.0)  # temperatures searched: sharpen 100x .. soften 100x
@@ -275,10 +276,6 @@ def model_entry(summary):
 
 # ---- report --------------------------------------------------------------------------------------
 
-def _fmt(v, digits=3):
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
 def report_lines(result):
     """The report's calibration section (markdown lines) from a metrics dict: ECE and NLL before/after temperature
     scaling per split (each split's `calibration`), the temperature (`calibration`), the operating point."""
@@ -297,13 +294,13 @@ def report_lines(result):
                   + (f" ({entry['n_fit']} images)" if entry.get("n_fit") else "") + f": T = {shown} (logits divided "
                   f"by T; T > 1 softens overconfident probabilities, T < 1 sharpens). The metrics above and `predict` "
                   f"use the scaled probabilities; accuracy and AUC are the same before and after.", ""]
-        rows = [[s, _fmt(c["before"]["ece"]), _fmt(c["ece"]), _fmt(c["before"].get("nll")), _fmt(c.get("nll"))]
+        rows = [[s, fmt(c["before"]["ece"]), fmt(c["ece"]), fmt(c["before"].get("nll")), fmt(c.get("nll"))]
                 for s, c in splits.items()]
-        lines += _md(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows)
+        lines += md_table(["split", "ECE before", "ECE after", "NLL before", "NLL after"], rows)
     else:
         why = entry.get("note") or "--calibrate false, or no temperature in the model"
         lines += [f"No temperature scaling ({why}).", ""]
-        lines += _md(["split", "ECE", "NLL"], [[s, _fmt(c["ece"]), _fmt(c.get("nll"))] for s, c in splits.items()])
+        lines += md_table(["split", "ECE", "NLL"], [[s, fmt(c["ece"]), fmt(c.get("nll"))] for s, c in splits.items()])
     lines += ["", f"ECE: {kind} expected calibration error over {entry.get('n_bins', N_BINS)} equal-width confidence "
                   f"bins (0 is perfect); on the split the temperature was fitted on it is optimistic. Reliability "
                   f"diagrams are among the figures.", ""]
@@ -334,22 +331,17 @@ def operating_point_lines(op):
     for s, rates in op.items():
         if not isinstance(rates, dict) or "sensitivity" not in rates: continue
         base = op["at_default"].get(s, {})
-        rows.append([s, _fmt(rates["sensitivity"]), _fmt(rates["specificity"]), _fmt(base.get("sensitivity")),
-                     _fmt(base.get("specificity")), f"{rates['n_positive']}/{rates['n_negative']}"])
-    lines += _md(["split", "sensitivity", "specificity", f"sensitivity at {op['default_threshold']}",
+        rows.append([s, fmt(rates["sensitivity"]), fmt(rates["specificity"]), fmt(base.get("sensitivity")),
+                     fmt(base.get("specificity")), f"{rates['n_positive']}/{rates['n_negative']}"])
+    lines += md_table(["split", "sensitivity", "specificity", f"sensitivity at {op['default_threshold']}",
                   f"specificity at {op['default_threshold']}", "positives/negatives"], rows)
     test = op.get("test")
     base = op["at_default"].get("test", {})
     if test and test.get("specificity") is not None and base.get("specificity") is not None:
         lines += ["", f"On test this operating point gives specificity {test['specificity']:.3f} (at "
-                      f"{op['default_threshold']}: {base['specificity']:.3f}) for sensitivity {_fmt(test['sensitivity'])} "
-                      f"(at {op['default_threshold']}: {_fmt(base.get('sensitivity'))})."]
+                      f"{op['default_threshold']}: {base['specificity']:.3f}) for sensitivity {fmt(test['sensitivity'])} "
+                      f"(at {op['default_threshold']}: {fmt(base.get('sensitivity'))})."]
     return lines + [""]
-
-
-def _md(header, rows):
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
 # ---- figure --------------------------------------------------------------------------------------
@@ -372,7 +364,7 @@ def plot_reliability(calibration, path, title=""):
             pts = [(b["confidence"], b["accuracy"]) for b in bins if b["n"]]
             if not pts: continue
             ece = ece_of(bins)
-            ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{label} (ECE {_fmt(ece)})")
+            ax.plot(*zip(*pts), style, marker="o", ms=3, label=f"{label} (ECE {fmt(ece)})")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence" if "per_label" not in calibration else f"p({name})",
                ylabel="accuracy" if "per_label" not in calibration else "fraction positive", title=name)
         ax.legend(fontsize=7, loc="upper left")

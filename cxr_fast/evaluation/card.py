@@ -15,15 +15,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.jsonio import write_atomic
+from .markdown import fmt, md_table
+from .metrics import HEADLINE
 
 CARD_NAME = "MODEL_CARD.md"
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 LEAK_NAMES = {"shared_patient": "patient(s) with images in two splits", "near_duplicate": "near-duplicate image pair(s) across splits"}
 INTENDED_USE = ("Research and teaching: rapid experiments on chest X-ray classification, comparing training "
                 "choices, and studying how such models fail. Input: one frontal (PA/AP) chest radiograph per "
                 "prediction.")
-DISCLAIMER = ("NOT A MEDICAL DEVICE. This model has not been validated clinically or approved by any regulator. "
-              "It must not be used to diagnose, triage or treat patients, or to replace a radiologist's reading.")
+DISCLAIMER = ("NOT A MEDICAL DEVICE. Research and teaching only: this model is not a medical device, has not been "
+              "validated clinically or approved by any regulator, and must not be used to diagnose, triage or treat "
+              "patients, or to replace a radiologist's reading.")  # the one text: model cards, serve's page and answers
 
 
 # ---- facts ---------------------------------------------------------------------------------------
@@ -171,21 +173,10 @@ def add_evaluation(meta, entry):
 
 # ---- MODEL_CARD.md ---------------------------------------------------------------------------------
 
-def _fmt(v, digits=3):
-    if v is None: return "n/a"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
 def _with_ci(entry):
-    if not isinstance(entry, dict): return _fmt(entry)
+    if not isinstance(entry, dict): return fmt(entry)
     ci = entry.get("ci")
-    return _fmt(entry.get("value")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
-def _table(header, rows):
-    esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return fmt(entry.get("value")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def counts_table(counts):
@@ -193,7 +184,7 @@ def counts_table(counts):
     if not counts: return ["Not recorded."]
     splits = list(counts)
     rows = list(dict.fromkeys(r for s in splits for r in counts[s]))
-    return _table(["", *splits], [[r, *[counts[s].get(r, 0) for s in splits]] for r in rows])
+    return md_table(["", *splits], [[r, *[counts[s].get(r, 0) for s in splits]] for r in rows])
 
 
 def render_card(meta, title=None):
@@ -238,9 +229,9 @@ def render_card(meta, title=None):
     internal = facts["internal_metrics"]
     splits = [s for s in ("valid", "test") if s in internal]
     if splits:
-        lines += _table(["split", "images", *[k.replace("_", " ") for k in HEADLINE], "ECE"],
+        lines += md_table(["split", "images", *[k.replace("_", " ") for k in HEADLINE], "ECE"],
                         [[s, internal[s].get("n"), *[_with_ci(internal[s].get(k)) for k in HEADLINE],
-                          _fmt(internal[s].get("ece"))] for s in splits])
+                          fmt(internal[s].get("ece"))] for s in splits])
         if internal.get("ci_method"): lines += ["", f"In brackets: {internal['ci_method']}."]
         lines += ["", "The valid split chose the best epoch, the temperature and the thresholds: its numbers are optimistic.", ""]
     else: lines += ["Not recorded.", ""]
@@ -248,9 +239,9 @@ def render_card(meta, title=None):
     lines += ["## External evaluations", ""]
     evaluations = facts["external_evaluations"]
     if evaluations:
-        lines += _table(["date", "data", "images", *[k.replace("_", " ") for k in HEADLINE], "ECE", "report"],
+        lines += md_table(["date", "data", "images", *[k.replace("_", " ") for k in HEADLINE], "ECE", "report"],
                         [[e.get("date"), e.get("source_name"), e.get("n"),
-                          *[_with_ci(e.get("metrics", {}).get(k)) for k in HEADLINE], _fmt(e.get("ece")), e.get("report")]
+                          *[_with_ci(e.get("metrics", {}).get(k)) for k in HEADLINE], fmt(e.get("ece")), e.get("report")]
                          for e in evaluations])
         notes = [f"- {e.get('source_name')}: {e['images_in_training_table']} of its images are in the training table "
                  f"(leakage)" for e in evaluations if e.get("images_in_training_table")]
@@ -280,13 +271,13 @@ def calibration_lines(facts):
     lines = ["## Calibration and decisions", ""]
     if cal.get("method") == "temperature scaling":
         t = cal.get("temperature")
-        shown = ", ".join(f"{c} {v:.3f}" for c, v in t.items()) if isinstance(t, dict) else _fmt(t)
+        shown = ", ".join(f"{c} {v:.3f}" for c, v in t.items()) if isinstance(t, dict) else fmt(t)
         lines += [f"Temperature scaling, fitted on the {cal.get('fitted_on')} split ({cal.get('n_fit')} images): "
                   f"T = {shown}; `predict`, `evaluate` and the demo page give the scaled probabilities.", ""]
         ece = cal.get("ece") or {}
         if ece:
-            lines += _table(["split", "ECE before", "ECE after"],
-                            [[s, _fmt(v.get("before")), _fmt(v.get("after"))] for s, v in ece.items()]) + [""]
+            lines += md_table(["split", "ECE before", "ECE after"],
+                            [[s, fmt(v.get("before")), fmt(v.get("after"))] for s, v in ece.items()]) + [""]
     else:
         lines += ["No temperature scaling: the probabilities are the network's own.", ""]
     op = facts.get("operating_point")
@@ -294,8 +285,8 @@ def calibration_lines(facts):
         test, base = op.get("test") or {}, (op.get("at_default") or {}).get("test") or {}
         lines += [f"Decision: the disease class when its probability >= {op['threshold']:.4f}, the operating point for "
                   f"sensitivity {op['target_sensitivity']:.2f} chosen on {op['chosen_on']}"
-                  + (f"; on test: sensitivity {_fmt(test.get('sensitivity'))}, specificity {_fmt(test.get('specificity'))} "
-                     f"(at {op['default_threshold']}: {_fmt(base.get('sensitivity'))}, {_fmt(base.get('specificity'))})"
+                  + (f"; on test: sensitivity {fmt(test.get('sensitivity'))}, specificity {fmt(test.get('specificity'))} "
+                     f"(at {op['default_threshold']}: {fmt(base.get('sensitivity'))}, {fmt(base.get('specificity'))})"
                      if test else "") + ".", ""]
     elif facts.get("thresholds"):
         lines += [f"Thresholds: {facts['thresholds']}.", ""]

@@ -3,7 +3,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import calibration, plots
@@ -12,6 +11,7 @@ from ..data.labels import classes_of, is_multilabel
 from ..data.table import format_problems, summarize
 from ..core.jsonio import write_atomic
 from .card import describe_provenance
+from .markdown import fmt, md_table
 
 
 # ---- figures -------------------------------------------------------------------------------
@@ -65,20 +65,6 @@ def draw_figures(out, parts, probs, classes, multilabel, thresholds, metrics, mo
 
 
 # ---- report.md -----------------------------------------------------------------------------
-
-def fmt(v, digits=3):
-    "A metric for a table: 3 decimals, n/a when undefined."
-    if v is None or (isinstance(v, float) and not np.isfinite(v)): return "n/a"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
-
-
-def md_table(header, rows):
-    """A markdown table (cells already strings, '|' escaped). Not pandas' to_markdown: that needs the optional
-    `tabulate` package and does not escape '|' in cells."""
-    esc = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
-
 
 def synthetic_line(sources):
     "The plain warning when any data is generated (source 'phantom'), else None."

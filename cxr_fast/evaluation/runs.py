@@ -27,6 +27,7 @@ from ..inference.predictor import TTA_VIEWS, Predictor, mean_over_views, stack_v
 from ..core.jsonio import jsonable, read_json, write_json
 from .metrics import N_BOOT, split_metrics, targets_of, tune_thresholds
 from ..models.folder import find_model_dir, record_evaluation
+from ..training.precision import ChannelsLast
 from .plots import dls_batches, read_history
 from .report import fmt, draw_figures, md_table, write_report
 from ..data.sources import get_source
@@ -50,7 +51,7 @@ def learner_probs(learn, part, multilabel):
 class TTAViews(Callback):
     """Test-time augmentation inside fastai's get_preds: each batch goes in as its TTA views (inference.TTA_VIEWS,
     stacked along the batch) and comes out as the views' mean logits, as Predictor(tta=True) computes them."""
-    order = 4  # before ChannelsLast and autocast (precision.py): the stacked batch gets them too
+    order = ChannelsLast.order - 1  # before ChannelsLast and autocast (precision.py): the stacked batch gets both
 
     def before_batch(self):
         x = self.learn.xb[0]

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..cli.args import as_int
+from ..core.activations import activate
 from .engines import INPUT_NAME, INT8_NAME, ONNX_NAME, require_onnxruntime
 from ..core.errors import CxrError
 from .predictor import Predictor, collect_inputs
@@ -81,11 +82,6 @@ def quantize_int8(fp32_path, dest, batches):
     return dest
 
 
-def _softmax_or_sigmoid(logits, multilabel):
-    t = torch.from_numpy(logits).float()
-    return (torch.sigmoid(t) if multilabel else torch.softmax(t, 1)).numpy()
-
-
 def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_images=128, opset=DEFAULT_OPSET):
     """Export a model dir (or run dir) to OUT/model.onnx (default OUT: the model dir itself), and with `int8`
     to OUT/model.int8.onnx calibrated on `calibrate`. Returns a dict: paths, exporter, checks."""
@@ -106,8 +102,8 @@ def export_onnx(model_dir, out=None, int8=False, calibrate=None, calibration_ima
                            "int8 weights, uint8 activations, 99.99th-percentile ranges",
                  "calibration_images": n})})
         xs = np.concatenate(batches)
-        p32 = _softmax_or_sigmoid(_run(out_dir / ONNX_NAME, torch.from_numpy(xs)), meta["multilabel"])
-        p8 = _softmax_or_sigmoid(_run(out_dir / INT8_NAME, torch.from_numpy(xs)), meta["multilabel"])
+        p32 = activate(_run(out_dir / ONNX_NAME, torch.from_numpy(xs)), meta["multilabel"])
+        p8 = activate(_run(out_dir / INT8_NAME, torch.from_numpy(xs)), meta["multilabel"])
         result.update(int8=str(out_dir / INT8_NAME), calibration_images=n,
                       int8_max_abs_prob_diff=float(np.abs(p32 - p8).max()),
                       int8_argmax_agreement=float((p32.argmax(1) == p8.argmax(1)).mean()))

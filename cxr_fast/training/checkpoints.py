@@ -1,116 +1,23 @@
-"""Resume: checkpoints/last.pth after every epoch (weights, optimizer, RNG, trackers, history), best.pth, and
-the callbacks that write them; `--resume true` continues a killed run from its last finished epoch.
+"""Resume: what checkpoints/last.pth holds (weights, optimizer, RNG, trackers, history) and best.pth, written and read
+back; `--resume true` continues a killed run from its last finished epoch. The callbacks that write them after
+every epoch are in callbacks.py.
 """
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.core import Callback
-from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.torch_core import get_random_states, set_random_states
 from fastcore.foundation import L
 
 from .distributed import plain_dl, unwrap
 from ..core.errors import CxrError
-from ..core.jsonio import jsonable
+from ..core.jsonio import jsonable, write_atomic
 from .precision import scaler_state, set_scaler_state
-from ..core.jsonio import write_atomic
 
 RESUME_FREE = ("resume", "overwrite", "tracker", "tracker_dir", "sync_bn")  # config keys a resumed run may change
 DERIVED = ("processes", "lr_suggestion", "table_sha1", "cxr_fast_version", "class_weight_values", "start_weights",
            "precision_used", "bs_used")  # not compared on resume
-
-
-def epoch_was_run(learn):
-    "False for an epoch that fit(start_epoch=...) skipped on resume (the recorder logged nothing for it)."
-    return bool(learn.recorder.values) and len(learn.recorder.values[-1]) > 0
-
-
-class BestModel(TrackerCallback):
-    """checkpoints/best.pth (weights, atomic) whenever `monitor` improves, over the whole plan; `train` loads it
-    after the last stage. Not fastai's SaveModelCallback: that loads the best weights back at the end of every
-    fit, so each stage of a plan would start from them, and saves with learn.save, not atomically."""
-    order = TrackerCallback.order + 1  # SaveModelCallback's place: before early stopping
-
-    def __init__(self, monitor, file):
-        super().__init__(monitor=monitor, reset_on_fit=False)  # the best over all stages
-        self.file = Path(file)
-
-    def after_epoch(self):
-        "Save the weights when the monitored value improved (epochs that ran only)."
-        if not epoch_was_run(self.learn): return
-        super().after_epoch()
-        if self.new_best:
-            print(f"Better model found at epoch {self.epoch} with {self.monitor} value: {self.best}.")
-            write_atomic(self.file, lambda p: torch.save(model_state(self.learn.model), p))
-
-
-class EarlyStop(EarlyStoppingCallback):
-    "fastai's EarlyStoppingCallback for one stage; a resumed stage starts from the killed run's best and wait."
-    def __init__(self, monitor, patience, restore=None):
-        super().__init__(monitor=monitor, patience=patience)
-        self.restore = restore
-
-    def before_fit(self):
-        "Reset per stage, or take the state a resumed stage had."
-        super().before_fit()
-        if self.restore: self.best, self.wait = self.restore["best"], self.restore["wait"]
-        self.restore = None
-
-    def after_epoch(self):
-        "Count epochs without improvement, and stop the stage when patience runs out (epochs that ran only)."
-        if epoch_was_run(self.learn): super().after_epoch()
-
-
-class ResumeRecorder(Callback):
-    """A stage resumed mid-way: its smoothed train loss continues where the killed run left it, and the epochs
-    fit(start_epoch=) skips are not logged. fastai has no hook for either: AvgSmoothLoss keeps its state in
-    public `val`/`count` (Recorder.before_fit resets them, so they are set after it), and the log is filtered
-    by wrapping learn.logger, as fastai's CSVLogger does."""
-    order = 65  # after the Recorder (50) and fastai's ProgressCallback (60) set up the fit
-
-    def __init__(self, smooth_loss): self.smooth_loss, self.logger_skip = smooth_loss, None
-
-    def before_fit(self):
-        "Restore the smoothed loss; log only the epochs that run."
-        self.learn.recorder.smooth_loss.val = self.smooth_loss["val"]
-        self.learn.recorder.smooth_loss.count = self.smooth_loss["count"]
-        self.logger_run = logger = self.learn.logger
-        self.learn.logger = self.logger_skip = lambda log: logger(log) if len(log) > 2 else None
-
-    def after_fit(self):
-        "Hand back the logger (unless fastai's progress callback already restored its own)."
-        if self.learn.logger is self.logger_skip: self.learn.logger = self.logger_run
-
-
-class RunCheckpoint(Callback):
-    """After every epoch that ran: the history row, then checkpoints/last.pth, then history.csv (both atomic).
-    Not fastai's CSVLogger: history.csv carries the stage and what it trains, and is rewritten with last.pth, so
-    a resumed run's history is the uninterrupted run's."""
-    order = 65  # after BestModel (61) and EarlyStop (63), so last.pth holds their decisions
-
-    def __init__(self, run_dir, stage_idx, stage, history, best=None, early=None):
-        self.run_dir, self.stage_idx, self.stage, self.history = Path(run_dir), stage_idx, stage, history
-        self.best_cb, self.early, self.recorded = best, early, 0
-
-    def after_epoch(self):
-        "Record and checkpoint an epoch that ran."
-        if epoch_was_run(self.learn): self.checkpoint(done=self.epoch == self.n_epoch - 1)
-
-    def after_cancel_fit(self):
-        "Early stopping ended the stage in its epoch's after_epoch, before ours: record that epoch, the stage done."
-        if epoch_was_run(self.learn) and len(self.learn.recorder.values) > self.recorded: self.checkpoint(done=True)
-
-    def checkpoint(self, done):
-        "Append the epoch's row to the history, write last.pth and history.csv."
-        rec = self.learn.recorder
-        self.recorded = len(rec.values)
-        self.history.append({"stage": self.stage_idx + 1, "trains": self.stage["train"],
-                             **{k: jsonable(v) for k, v in zip(rec.metric_names, rec.log)}})
-        save_last(self.learn, self.run_dir / "checkpoints" / "last.pth", self.stage_idx, self.epoch, done,
-                  self.history, self.best_cb, self.early)
-        write_history(self.history, self.run_dir / "history.csv")
 
 
 def plain(obj):

@@ -213,8 +213,8 @@ def measure_bf16_cost(reps=3):
 
 class ChannelsLast(FastaiChannelsLast):
     """fastai's ChannelsLast (the model in channels-last memory format) that also converts each 4-D input batch,
-    which fastai's leaves as it is; at order 5, after TTAViews (evaluation.py) stacks its views, so they get it too."""
-    order = 5
+    which fastai's leaves as it is; after TTAViews (evaluation/runs.py) stacks its views, so they get it too."""
+    order = MixedPrecision.order - 5  # each batch converted before autocast starts (MixedPrecision.before_batch)
 
     def before_batch(self):
         xb = tuple(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x

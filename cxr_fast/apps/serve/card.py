@@ -8,21 +8,9 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
-
+from ...evaluation.card import DISCLAIMER
 from ...evaluation.card import card_facts as computed_card_facts
-
-DISCLAIMER = ("Research and teaching only. This model is not a medical device and must not be used for "
-              "diagnosis or any clinical decision.")
-
-
-def _num(value, digits=3):
-    "A metric value as text."
-    if value is None: return "n/a"
-    if isinstance(value, bool): return str(value)
-    if isinstance(value, int): return str(value)
-    if isinstance(value, float): return "n/a" if np.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
+from ...evaluation.markdown import fmt
 
 
 def _table(header, rows):
@@ -38,9 +26,9 @@ def _scalar_metrics(split):
     out = {}
     for key, value in split.items():
         if key in ("n", "ci") or isinstance(value, bool) or not isinstance(value, (int, float)): continue
-        text = _num(value)
+        text = fmt(value)
         if isinstance(ci.get(key), (list, tuple)) and len(ci[key]) == 2 and None not in ci[key]:
-            text += f" ({_num(ci[key][0])}-{_num(ci[key][1])})"
+            text += f" ({fmt(ci[key][0])}-{fmt(ci[key][1])})"
         out[key.replace("_", " ")] = text
     return out
 
@@ -123,7 +111,7 @@ def model_card_html(name, meta, model_dir):
         ("image size", f"{meta.get('img_size')} px, resize {meta.get('resize_method', 'squish')}, "
                        f"preprocessing {meta.get('preprocessing', 'none')}"),
         ("loss", meta.get("loss", "?")),
-        ("decision", ", ".join(f"{k} >= {_num(v, 2)}" for k, v in thresholds.items()) if thresholds else "highest probability"),
+        ("decision", ", ".join(f"{k} >= {fmt(v, 2)}" for k, v in thresholds.items()) if thresholds else "highest probability"),
         ("written by", f"cxr_fast {meta.get('cxr_fast_version', '?')} (model format {meta.get('format_version')})"),
     ]
     internal = [(s, (meta.get("metrics") or {}).get(s)) for s in ("valid", "test")]

@@ -5,8 +5,11 @@ cards are HTML that serve.model_card_html escaped. Hooks for tests: body[data-st
 error, and body[data-run] counts the analyses started (a newer one supersedes an older one still running);
 #message holds the error text; each result's rows are tr.prob[data-class][data-prob][data-threshold].
 """
+import html
 
-PAGE = r"""<!doctype html>
+from ...evaluation.card import DISCLAIMER
+
+_PAGE = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -61,7 +64,7 @@ PAGE = r"""<!doctype html>
 <body data-state="loading">
 <header>
   <h1>cxr_fast: try a chest X-ray model</h1>
-  <p class="disclaimer" id="disclaimer">Research and teaching only. This model is not a medical device and must not be used for diagnosis or any clinical decision.</p>
+  <p class="disclaimer" id="disclaimer">__DISCLAIMER__</p>
 </header>
 <main>
   <section id="controls">
@@ -221,3 +224,5 @@ init();
 </body>
 </html>
 """
+
+PAGE = _PAGE.replace("__DISCLAIMER__", html.escape(DISCLAIMER))
