@@ -25,7 +25,7 @@ import darkcovidnet_scratch  # noqa: E402
 
 from cxr_fast.data.table import assign_splits, build_table
 from cxr_fast.core.machine import machine_info
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 PAPER = {"3class": 0.8702, "binary": 0.9808}
 

@@ -23,7 +23,7 @@ from cxr_fast.inference.predictor import Predictor
 from cxr_fast.evaluation.metrics import split_metrics
 from cxr_fast.data.table import build_table
 from cxr_fast.data.labels import positive_index
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 
 def logits_of(pred, paths):

@@ -26,7 +26,7 @@ from cxr_fast.evaluation.runs import evaluate
 from cxr_fast.core.jsonio import write_json
 from cxr_fast.core.machine import machine_info
 from cxr_fast.data.table import write_table
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 DARK_TO_HACK = "Covid-19->COVID-19,No_findings->Normal,Pneumonia->Pneumonia"  # DarkCovidNet names -> CoronaHack's
 HACK_TO_DARK = "Normal->No_findings,Pneumonia->Pneumonia,COVID-19->Covid-19"

@@ -31,7 +31,7 @@ from cxr_fast.inference.predictor import load_model
 from cxr_fast.core.jsonio import read_json, write_json
 from cxr_fast.core.machine import machine_info
 from cxr_fast.evaluation.report import fmt, md_table
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 ACQUISITION = dict(resize_method="pad", jpeg_quality="30:95", preprocessing="standardize")
 MITIGATIONS = {

@@ -20,7 +20,7 @@ _EXPORTS = {
     "get_dls": "cxr_fast.data.blocks", "cxr_datablock": "cxr_fast.data.blocks",
     "build_model": "cxr_fast.models.registry", "ARCHS": "cxr_fast.models.registry",
     "FocalLoss": "cxr_fast.training.losses", "FocalLossMultiLabel": "cxr_fast.training.losses",
-    "train": "cxr_fast.training.learner", "cxr_learner": "cxr_fast.training.learner",
+    "train": "cxr_fast.training.run", "cxr_learner": "cxr_fast.training.learner",
     "evaluate": "cxr_fast.evaluation.runs", "compare": "cxr_fast.evaluation.runs", "audit": "cxr_fast.apps.audit.core",
     "load_model": "cxr_fast.inference.predictor", "save_model_dir": "cxr_fast.models.folder",
     "predict": "cxr_fast.inference.predictor", "Predictor": "cxr_fast.inference.predictor",

@@ -4,13 +4,13 @@ Transfer learning the fastai way, on weights that install with pip (efficientnet
 `weights` extra): the new head trains first with the body frozen (BatchNorm statistics included: train_bn=False,
 fastai's BnFreeze), then the whole network with discriminative learning rates (lr/20 for the stem .. lr for the
 head, across timm's stages), its BatchNorm statistics following the batches again (keeping them fixed at these
-rates diverged: see training.BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation,
+rates diverged: see training/callbacks.py, BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation,
 to pick the best epoch) and leaves OUT/model for `predict`. `make bench-accuracy` measures this configuration (BEST) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """
 from cxr_fast.apps import recipes
 from cxr_fast.core.errors import CxrError
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings
@@ -28,7 +28,7 @@ def plan_for(variant, head_epochs, epochs, head_lr, lr):
     def div(rate, k): return (f"auto/{k:g}" if k != 1 else "auto") if rate == "auto" else f"{rate / k:g}"
     plans = {
         "best": f"head:{head_epochs}@{div(head_lr, 1)},all:{epochs}@{div(lr, 20)}:{div(lr, 1)}",
-        "fine_tune": None,  # training.py's default for a pretrained body: fastai's fine_tune(epochs, lr, 1)
+        "fine_tune": None,  # train's default plan for a pretrained body: fastai's fine_tune(epochs, lr, 1)
         "head": f"head:{head_epochs + epochs}@{div(head_lr, 1)}",  # feature extraction only
         "gradual": (f"head:{head_epochs}@{div(head_lr, 1)},freeze_to=4:{max(1, epochs // 3)}@{div(lr, 10)}:{div(lr, 1)},"
                     f"all:{epochs - max(1, epochs // 3)}@{div(lr, 100)}:{div(lr, 2)}"),  # the top stages first

@@ -6,7 +6,7 @@ patient-grouped 5-fold cross-validation, the protocol of Ozturk et al. 2020. No 
 """
 from cxr_fast.apps import recipes
 from cxr_fast.core.errors import CxrError
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings: unweighted CE collapsed

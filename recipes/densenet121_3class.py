@@ -11,7 +11,7 @@ precision/recall/F1, confusion matrix and Grad-CAM (report.md); OUT/comparison.m
 from pathlib import Path
 
 from cxr_fast.apps import recipes
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 
 def run(data="data/darkcovidnet", out="runs/densenet121-3class", arch="densenet121", classes=None, epochs=4, lr=1e-3, fine_tune_epochs=4,

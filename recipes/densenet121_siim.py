@@ -11,7 +11,7 @@ sgd), so this is fastai's Adam without weight decay, in fit_one_cycle. Report: m
 matrix, Grad-CAM (report.md).
 """
 from cxr_fast.apps import recipes
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 BALANCED = {"binary": 3000}  # task -> default class-balanced sample size (None: every image)
 

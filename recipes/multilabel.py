@@ -13,7 +13,7 @@ from cxr_fast.apps import recipes
 from cxr_fast.cli.args import as_list
 from cxr_fast.inference.predictor import collect_inputs, predict
 from cxr_fast.data.sources.coronahack import find_image_dirs
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 HIDDEN = {"resnet18": 380, "vgg16": 4300}  # the course's head widths; other archs: fastai's 512
 

@@ -14,7 +14,7 @@ the head is fastai's (pooling, BatchNorm, dropout) with one hidden layer; fastai
 from pathlib import Path
 
 from cxr_fast.apps import recipes
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 
 def run(data="data/coronahack", out="runs/resnet18", arch="resnet18", classes=None, hidden=380, dropout=0.5, lr=1e-3, epochs=10,

@@ -8,7 +8,7 @@ clipping 0.1; stage 1 trains the head on the frozen ImageNet body, fit_one_cycle
 stage 2 unfreezes everything, 5 epochs at 1e-3. report.md has the loss and accuracy curves (curves.png).
 """
 from cxr_fast.apps import recipes
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 
 def run(data="data/coronahack", out="runs/resnet50-coronahack", arch="resnet50", balance=1 / 22, valid_pct=0.1, bs=8, size=256,

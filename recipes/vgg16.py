@@ -14,7 +14,7 @@ constant rate; fastai's Adam, no weight decay (wd=0).
 from pathlib import Path
 
 from cxr_fast.apps import recipes
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 FEW = "features.0,features.5,features.10,features.12,features.19,features.21,features.26,features.28"
 

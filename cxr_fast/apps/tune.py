@@ -55,7 +55,8 @@ from ..core.jsonio import write_atomic
 from ..training.callbacks import RunCheckpoint, epoch_ran
 from ..training.tracking import tracking_context
 from ..training.tracking.base import epoch_log
-from ..training.learner import train
+from ..training.options import check_trial_options
+from ..training.run import train
 from .tune_space import Param, parse_space, suggest
 
 INSTALL_HINT = "tune needs Optuna: pip install 'cxr_fast[tune]'"
@@ -83,14 +84,10 @@ class TrainTarget:
         self.fixed = {k.replace("-", "_"): v for k, v in fixed.items()}
 
     def check(self, space):
-        "Fail before any trial on a parameter train does not have (or one tune sets itself)."
-        known = set(inspect.signature(train).parameters) - {"table", "cbs", "source_options", "out", "source", "root"}
-        known |= set(source_option_names(self.source))
-        for name in space:
-            if name == "out": raise CxrError("--space out: each trial's run folder is chosen by tune (OUT/trial-NNNN)")
-            if name not in known:
-                raise CxrError(f"--space {name}: neither train nor source {self.source} has such a parameter; "
-                               f"they have: {', '.join(sorted(known - {'task'}))}")
+        "Fail before any trial on a parameter train does not have (or one tune sets itself), or a value it refuses."
+        if "out" in space: raise CxrError("--space out: each trial's run folder is chosen by tune (OUT/trial-NNNN)")
+        tried = {n: [p.low, p.high] if p.kind in ("int", "float") else p.choices for n, p in space.items()}
+        check_trial_options(tried, self.source, source_option_names(self.source))
 
     def run(self, params, out):
         return train(self.source, self.root, self.task, out=out, **{**self.fixed, **params})

@@ -2,6 +2,7 @@
 from ..evaluation.metrics import HEADLINE, N_BOOT
 from ..evaluation.report import md_table, with_ci
 from ..evaluation.runs import compare, compare_markdown, evaluate
+from ..training.options import OPTIONS  # --seed, --bs and --precision as train takes them
 from .args import as_choice, as_int
 
 
@@ -25,8 +26,8 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
     """
     result = evaluate(str(model_dir), str(source), str(root), task=task, out=out, classes=classes,
                       split=as_choice(split, ["all", "train", "valid", "test"], "split"), n_boot=as_int(n_boot, "n-boot", 0),
-                      seed=as_int(seed, "seed"), bs=as_int(bs, "bs", 1), n_gradcam=as_int(gradcam, "gradcam", 0),
-                      precision=str(precision), **source_options)
+                      seed=OPTIONS["seed"].coerce(seed), bs=OPTIONS["bs"].coerce(bs), n_gradcam=as_int(gradcam, "gradcam", 0),
+                      precision=OPTIONS["precision"].coerce(precision), **source_options)
     print("\n".join(md_table(["split", "images", *[k.replace("_", " ") for k in HEADLINE]],
                               [["test", result["test"]["n"], *[with_ci(result["test"], k) for k in HEADLINE]]])))
     for name, info in result["unknown_classes"].items():

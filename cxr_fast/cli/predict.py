@@ -4,6 +4,7 @@ import sys
 from ..core.errors import CxrError
 from ..inference.predictor import format_predictions, parse_threshold, predict
 from ..models.folder import card_path
+from ..training.options import OPTIONS  # --tta, --precision and --bf16 as train takes them
 from .args import as_bool, as_int
 
 
@@ -25,11 +26,12 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, thresh
     fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
     maybe_bool = lambda value, name: None if value is None else as_bool(value, name)  # noqa: E731  None: the default
-    df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam, tta=maybe_bool(tta, "tta"),
+    df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam,
+                 tta=None if tta is None else OPTIONS["tta"].coerce(tta),  # None: as model.json says
                  threshold=parse_threshold(threshold), batch_size=as_int(batch_size, "batch-size", 1),
                  submission=submission, unsafe_pickle=as_bool(unsafe_pickle, "unsafe-pickle"),
-                 precision=str(precision), engine=str(engine), int8=as_bool(int8, "int8"),
-                 bf16=maybe_bool(bf16, "bf16"), channels_last=maybe_bool(channels_last, "channels-last"), device=device,
+                 precision=OPTIONS["precision"].coerce(precision), engine=str(engine), int8=as_bool(int8, "int8"),
+                 bf16=OPTIONS["bf16"].coerce(bf16), channels_last=maybe_bool(channels_last, "channels-last"), device=device,
                  workers=None if workers is None else as_int(workers, "workers", 0))
     prec = df.attrs["precision"]
     print(f"{df.attrs['engine']} engine, precision {prec['name']} ({prec['reason']})", file=sys.stderr)

@@ -75,7 +75,7 @@ def pixel_probes(table, config, out_dir, seed=0, quiet=True):
     """Train the three probes (PROBES) with `config` (train()'s keywords) on `table`, each into out_dir/<probe>;
     returns {"full"|"border_only"|"center_only": {"auroc": {class: float}, "accuracy": float, "n": int},
     "split": the held-out split, "config": what was trained}."""
-    from ...training.learner import train
+    from ...training.run import train
     split, classes = held_out_split(table), classes_of(table)
     base = config.get("preprocessing", "none")
     results = {"split": split, "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.items()},
