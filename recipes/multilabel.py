@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cxr_fast.apps import recipes
 from cxr_fast.cli.args import as_list
-from cxr_fast.inference.predictor import collect_inputs, predict
+from cxr_fast.inference.inputs import collect_inputs
+from cxr_fast.inference.predictor import predict
 from cxr_fast.data.sources.coronahack import find_image_dirs
 from cxr_fast.training.run import train
 

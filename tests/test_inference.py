@@ -12,7 +12,9 @@ from conftest import save_16bit_png, save_corrupt_jpeg, save_gray, save_rgba_png
 from cxr_fast.data.blocks import get_dls
 from cxr_fast.cli import main
 from cxr_fast.core.errors import CxrError, ModelFormatError
-from cxr_fast.inference.predictor import BF16_TOLERANCE, TTA_VIEWS, Predictor, collect_inputs, tta_views
+from cxr_fast.inference.inputs import collect_inputs
+from cxr_fast.inference.predictor import BF16_TOLERANCE, Predictor
+from cxr_fast.inference.views import TTA_VIEWS, tta_views
 from cxr_fast.models.registry import build_model, default_head
 from cxr_fast.models.folder import save_model_dir
 from cxr_fast.data.table import build_table

@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 
 import cxr_fast
-from cxr_fast.apps.serve.server import Busy, Engine, InputError, analyse, clean_filename, load_models, model_card_html
+from cxr_fast.apps.serve.card import model_card_html
+from cxr_fast.apps.serve.server import Busy, Engine, load_models
+from cxr_fast.apps.serve.upload import InputError, analyse, clean_filename
 
 ML_THRESHOLDS = {"COVID-19": 0.3, "Pneumonia": 0.6, "Normal": 0.5}
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

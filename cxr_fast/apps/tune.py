@@ -49,7 +49,7 @@ from fastai.callback.core import Callback
 from ..cli.args import as_bool, as_choice, as_float, as_int, to_argv
 from ..data.load import source_option_names
 from ..core.errors import CxrError
-from ..evaluation.runs import compare, compare_markdown
+from ..evaluation.runs import compare, compare_markdown, runs_in
 from .recipes import get_recipe, resolve_args, run_recipe
 from ..core.jsonio import write_atomic
 from ..training.callbacks import RunCheckpoint, epoch_ran
@@ -313,15 +313,9 @@ def tune(target, space, *, trials=10, timeout=None, metric="macro_f1", direction
 
 # ---- the summary -----------------------------------------------------------------------------
 
-def run_folders(study, out):
-    "The run folders of the study's trials (a recipe's trial: the run folders inside it) that have config.json."
-    folders = []
-    for t in study.trials:
-        d = Path(t.user_attrs.get("run_dir", ""))
-        if not t.user_attrs.get("run_dir") or not d.is_dir(): continue
-        if (d / "config.json").is_file(): folders.append(d)
-        else: folders += sorted(r for r in d.iterdir() if (r / "config.json").is_file())
-    return folders
+def trial_folders(study):
+    "The run folders of the study's trials (a recipe's trial: the run folders inside it; evaluation.runs_in)."
+    return [r for t in study.trials if t.user_attrs.get("run_dir") for r in runs_in(t.user_attrs["run_dir"])]
 
 
 def write_compare(folders, out):
@@ -344,7 +338,7 @@ def write_summary(study, out, target, metric):
         df = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
         write_atomic(out / "trials.csv", lambda p: df.to_csv(p, index=False))
         summary["files"]["trials"] = str(out / "trials.csv")
-    folders = run_folders(study, out)
+    folders = trial_folders(study)
     if folders: summary["files"]["compare"] = str(write_compare(folders, out))
     for name, plot in (("history", "plot_optimization_history"), ("importance", "plot_param_importances")):
         try:
@@ -379,18 +373,3 @@ def save_plot(plot, study, path):
         write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=90))
     finally:
         plt.close(fig)
-
-
-def format_summary(summary):
-    "A few lines for the terminal."
-    counts = ", ".join(f"{summary[k]} {k}" for k in ("complete", "pruned", "fail", "running") if summary.get(k))
-    lines = [f"study {summary['study']}: {summary['trials']} trials ({counts or 'none'})"]
-    if "best" in summary:
-        b = summary["best"]
-        lines += [f"best: trial {b['number']} {summary['metric']} {b['value']:.4g} {json.dumps(b['params'], default=str)}",
-                  f"      {b['run_dir']}", f"run it again: {b['command']}"]
-    lines += [f"{k}: {v}" for k, v in summary["files"].items()] + summary["notes"]
-    return "\n".join(lines)
-
-
-# ---- command line ----------------------------------------------------------------------------

@@ -1,9 +1,22 @@
 """`tune`: an Optuna sweep over train or a recipe."""
 import inspect
+import json
 
 from ..apps import tune as tune_module
-from ..apps.tune import DEFAULT_STORAGE, RecipeTarget, TrainTarget, format_summary, tune
+from ..apps.tune import DEFAULT_STORAGE, RecipeTarget, TrainTarget, tune
 from ..core.errors import CxrError
+
+
+def format_study(summary):
+    "A study's summary (tune's return value) in a few lines for the terminal."
+    counts = ", ".join(f"{summary[k]} {k}" for k in ("complete", "pruned", "fail", "running") if summary.get(k))
+    lines = [f"study {summary['study']}: {summary['trials']} trials ({counts or 'none'})"]
+    if "best" in summary:
+        b = summary["best"]
+        lines += [f"best: trial {b['number']} {summary['metric']} {b['value']:.4g} {json.dumps(b['params'], default=str)}",
+                  f"      {b['run_dir']}", f"run it again: {b['command']}"]
+    lines += [f"{k}: {v}" for k, v in summary["files"].items()] + summary["notes"]
+    return "\n".join(lines)
 
 
 def tune_command(target=None, *args, space=None, trials=10, timeout=None, metric="macro_f1", direction="maximize",
@@ -50,5 +63,5 @@ def tune_command(target=None, *args, space=None, trials=10, timeout=None, metric
     summary = tune(chosen, space, trials=trials, timeout=timeout, metric=metric, direction=direction, storage=storage,
                    study=study, out=out, prune=prune, prune_on=prune_on, max_trials=max_trials,
                    sampler_seed=sampler_seed, tracker=tracker, tracker_dir=tracker_dir)
-    print(format_summary(summary))
+    print(format_study(summary))
     return 0

@@ -201,8 +201,9 @@ def read_dicom_array(path, apply_voi=True):
 
 
 def read_dicom_image(path):
-    "The first frame as an 8-bit grayscale PIL image: windowed, MONOCHROME1 inverted, scaled by its own range."
-    return Image.fromarray(scale_to_uint8(read_dicom_array(Path(path), apply_voi=True)))  # uint8 2-D: mode L
+    """The first frame as an 8-bit grayscale PIL image: windowed, MONOCHROME1 inverted, scaled by its own range.
+    path: a file path, or a file object (images.InMemoryFile: an upload's bytes)."""
+    return Image.fromarray(scale_to_uint8(read_dicom_array(path, apply_voi=True)))  # uint8 2-D: mode L
 
 
 def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, syntax=None, preamble=True, **elements):

@@ -130,22 +130,23 @@ def raster_warnings(path):
     return out
 
 
-def input_warnings(path, gray=None):
+def input_warnings(path, gray=None, dicom=None):
     """The warnings of one input file (a list of strings, empty when it looks like a chest X-ray).
 
-    gray: the file's decoded 8-bit grayscale image when the caller has it (else it is decoded here)."""
-    path = Path(path)
-    if is_dicom_file(path):
+    gray: the file's decoded 8-bit grayscale image when the caller has it (else it is decoded here); dicom: whether
+    the file is DICOM, when the caller knows (then `path` may be an images.InMemoryFile: an upload's bytes)."""
+    if dicom is None: path, dicom = Path(path), is_dicom_file(path)
+    if dicom:
         out = dicom_tag_warnings(dicom_header(path))
     else:
         out = raster_warnings(path)
     return out + pixel_warnings(gray if gray is not None else load_image(path, draft_size=(THUMB * 2, THUMB * 2)))
 
 
-def safe_input_warnings(path, gray=None):
+def safe_input_warnings(path, gray=None, dicom=None):
     "input_warnings joined by '; ' ('' when none), never raising (a file that cannot be read gets its error elsewhere)."
     try:
-        return "; ".join(input_warnings(path, gray))
+        return "; ".join(input_warnings(path, gray, dicom))
     except Exception:  # the reading error, if any, is reported by whoever reads the file
         return ""
 

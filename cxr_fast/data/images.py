@@ -5,6 +5,7 @@ and bit depth, DICOM) is decoded to 8-bit grayscale ('L'); models get it replica
 and normalised with ImageNet statistics, so ImageNet backbones and our own models see the same
 input whatever the file's colour mode was (this also removes one way a model can tell sources apart).
 """
+import io
 from pathlib import Path
 
 import numpy as np
@@ -51,21 +52,44 @@ def _open_raster(path, draft_size=None):
         return to_grayscale(img)
 
 
+def _decode(file, dicom, draft_size=None):
+    "A DICOM or raster file (a path or an InMemoryFile) as 8-bit grayscale, or DataError naming it."
+    if dicom: return read_dicom_image(file)
+    try:
+        return _open_raster(file, draft_size)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{file}: cannot decode image ({e}); re-download or remove the file") from None
+
+
 def load_image(path, draft_size=None):
     """Decode `path` to an 8-bit grayscale PIL image, or raise `DataError` naming the file.
 
     `draft_size` lets JPEG decoding skip detail below that size (much faster for large files)."""
     path = Path(path)
     if not path.is_file(): raise DataError(f"{path}: no such image file")
-    if is_dicom_file(path):
-        return read_dicom_image(path)
-    if path.suffix.lower() not in RASTER_SUFFIXES:
+    dicom = is_dicom_file(path)
+    if not dicom and path.suffix.lower() not in RASTER_SUFFIXES:
         raise DataError(f"{path}: unsupported image type {path.suffix!r}; "
                         f"use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
-    try:
-        return _open_raster(path, draft_size)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: cannot decode image ({e}); re-download or remove the file") from None
+    return _decode(path, dicom, draft_size)
+
+
+class InMemoryFile(io.BytesIO):
+    """A file's bytes in memory (an upload) that Pillow and pydicom read like the file, and that messages name by
+    the file's name (f"{file}"), not as a buffer."""
+
+    def __init__(self, data, name):
+        super().__init__(data)
+        self.name = str(name)
+
+    def __str__(self):
+        return self.name
+
+
+def load_image_bytes(data, name, dicom):
+    """`load_image` for a file's bytes already in memory (an upload): the same decoding, DataError naming `name`.
+    dicom: whether the bytes are a DICOM file (the caller has looked at them: the DICM marker, or the name)."""
+    return _decode(InMemoryFile(data, name), dicom)
 
 
 CENTRAL_FIELD = 0.7  # the central field: the middle 70% of an image's width and height (the lungs of a frontal CXR)

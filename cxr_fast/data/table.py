@@ -1,6 +1,5 @@
 """The canonical table every source produces and every DataBlock consumes (see docs/DESIGN.md)."""
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from ..core.errors import DataError
+from ..core.machine import default_workers
 from ..core.jsonio import write_atomic
 from .guards import safe_input_warnings, warning_problems
 from .images import inspect_decoded
@@ -84,7 +84,7 @@ def near_duplicate_pairs(df, hashes, max_bits=NEAR_DUPLICATE_BITS):
 def check_images(paths, want_hash=False, workers=None):
     """Inspect every image once in parallel: list of (problem or None, hash or None, input warnings str), the
     warnings from the input guard (guards.py) on the same decode ('' when the image looks like a chest X-ray)."""
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = workers or default_workers(per_core=2, cap=8)  # I/O-bound: two threads per usable core
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda p: inspect_decoded(p, want_hash, safe_input_warnings), paths))
 

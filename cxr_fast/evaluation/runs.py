@@ -23,7 +23,8 @@ from ..data.blocks import test_dl
 from .card import evaluation_entry
 from ..data.load import load_table, typed_source_options
 from ..core.errors import CxrError, DataError
-from ..inference.predictor import TTA_VIEWS, Predictor, mean_over_views, stack_views
+from ..inference.predictor import Predictor
+from ..inference.views import TTA_VIEWS, mean_over_views, stack_views
 from ..core.jsonio import jsonable, read_json, write_json
 from .metrics import N_BOOT, split_metrics, targets_of, tune_thresholds
 from ..models.folder import find_model_dir, record_evaluation
@@ -49,7 +50,7 @@ def learner_probs(learn, part, multilabel):
 
 
 class TTAViews(Callback):
-    """Test-time augmentation inside fastai's get_preds: each batch goes in as its TTA views (inference.TTA_VIEWS,
+    """Test-time augmentation inside fastai's get_preds: each batch goes in as its TTA views (inference/views.py,
     stacked along the batch) and comes out as the views' mean logits, as Predictor(tta=True) computes them."""
     order = ChannelsLast.order - 1  # before ChannelsLast and autocast (precision.py): the stacked batch gets both
 
@@ -304,14 +305,26 @@ IGNORED_CONFIG_KEYS = {"out", "run_dir", "resume", "model_dir"}
 COMPARE_METRICS = ("accuracy", "macro_f1", "auc")
 
 
+def is_run_folder(folder):
+    "True for a folder `train` (config.json, from its start) or `evaluate` (metrics.json) wrote into."
+    return (Path(folder) / "metrics.json").is_file() or (Path(folder) / "config.json").is_file()
+
+
+def runs_in(folder):
+    """The run folders `folder` stands for: itself when it is one, else the run folders directly inside it (sorted;
+    a recipe's or a tune trial's folder); [] when there are none."""
+    folder = Path(folder)
+    if is_run_folder(folder): return [folder]
+    return sorted(s for s in folder.iterdir() if s.is_dir() and is_run_folder(s)) if folder.is_dir() else []
+
+
 def run_folders(run_dirs):
     "The run folders named (a folder holding runs stands for each of them), each with metrics.json or config.json."
     found = []
     for d in map(Path, run_dirs):
-        if (d / "metrics.json").is_file() or (d / "config.json").is_file(): found.append(d)
-        elif d.is_dir() and any((s / "metrics.json").is_file() for s in d.iterdir() if s.is_dir()):
-            found += sorted(s for s in d.iterdir() if (s / "metrics.json").is_file())
-        else: raise CxrError(f"{d} is not a run folder (no metrics.json or config.json in it)")
+        runs = runs_in(d)
+        if not runs: raise CxrError(f"{d} is not a run folder (no metrics.json or config.json in it)")
+        found += runs
     if not found: raise CxrError("name at least one run folder to compare")
     return found
 

@@ -33,7 +33,8 @@ from ..cli.args import as_int
 from ..core.activations import activate
 from .engines import INPUT_NAME, INT8_NAME, ONNX_NAME, require_onnxruntime
 from ..core.errors import CxrError
-from .predictor import Predictor, collect_inputs
+from .inputs import collect_inputs
+from .predictor import Predictor
 from ..models.folder import find_model_dir
 from .onnx_file import DEFAULT_OPSET, EXPORT_TOLERANCE, _run, _with_metadata, ensure_onnx, export_fp32
 

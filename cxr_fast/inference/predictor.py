@@ -4,6 +4,7 @@
     df = model.predict(["a.png", "scans/", "test/*.jpeg"])  # path, pred, p_<class>..., error, warning
     df = cxr_fast.predict("runs/r18/model", "test/", tta=True, out="preds.csv")
 
+Inputs (files, folders, globs, CSVs) are expanded by inputs.py; decoding is decoding.py, TTA views views.py.
 Preprocessing is the training pipeline's valid-time path, reproduced exactly: `images.load_image`
 (any format -> 8-bit grayscale), fastai `Resize(img_size, method)` with its valid-time behaviour
 (squish: a bilinear resize; crop: centre crop; pad: reflection padding), grayscale replicated to 3
@@ -21,7 +22,7 @@ BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py; the argmax changes
 onnxruntime (engines.py): the same preprocessing, decisions and output.
 
 TTA (`tta=True`) averages the logits of the plain image and 5 mild views made from the model-size input (a
-1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner, see TTA_VIEWS), then applies the
+1.1x centre zoom-in and four 1.05x zoom-ins shifted 2.5% towards each corner, see views.TTA_VIEWS), then applies the
 temperature and softmax/sigmoid: the same as `train --tta true` evaluates with, so such a model's thresholds
 and temperature hold for its TTA probabilities. No flips: a chest X-ray has a side. The cost is 6 forward
 passes per image. `tta=None` (the default) uses TTA when model.json says the model was evaluated with it.
@@ -32,12 +33,8 @@ what the input guard (guards.py) says about files that do not look like frontal 
 (another modality or body part, a lateral view, colour, an extreme shape, an almost blank image);
 those files are still predicted.
 """
-import glob
-import os
 import sys
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,126 +44,23 @@ from PIL import Image
 
 from ..cli.args import as_float
 from ..core.errors import CxrError, DataError, ModelFormatError
-from ..data.images import IMAGE_SUFFIXES, is_dicom_file, jpeg_eval_quality, jpeg_roundtrip, load_image, preprocess
+from ..core.activations import activate
+from .decoding import ImageDecoder
 from .gradcam import gradcam, overlay
-from ..data.guards import safe_input_warnings
+from .inputs import collect_inputs, unique_stems
+from .views import mean_over_views, tta_views
 from ..core.machine import set_threads
 from ..models.folder import PICKLE_NAME, load_model_module, locate_model_dir
 from ..training.precision import autocast as precision_autocast
 from ..training.precision import resolve_precision
-from ..data.resize import RESIZE_METHODS, resizer
+from ..data.resize import RESIZE_METHODS
 from ..data.labels import positive_index
 from ..core.jsonio import write_atomic
 
-GLOB_CHARS = set("*?[")
 DEFAULT_MULTILABEL_THRESHOLD = 0.5
 # max abs probability difference, bf16 autocast + channels-last vs fp32: `make bench` measured 0.071 on 299 real
 # DarkCovidNet images (resnet18 fine-tuned 1 epoch; argmax agreement 99.3%, changes only on near-ties), 0.0003 on phantoms
 BF16_TOLERANCE = 0.08
-
-# Test-time augmentation views: (zoom, dy, dx) = crop a 1/zoom window whose centre is shifted by (dy, dx)
-# (fractions of the image side) and resize it back to the input size. Mild zoom-ins and shifts only:
-# no flips (a chest X-ray has a side: the heart is on the left) and no rotations (they need padding).
-TTA_VIEWS = (
-    (1.0, 0.0, 0.0),       # the plain image
-    (1.1, 0.0, 0.0),       # centre zoom-in 1.1x (training's max_zoom)
-    (1.05, -0.025, -0.025),  # 1.05x zoom-ins shifted 2.5% towards each corner
-    (1.05, -0.025, 0.025),
-    (1.05, 0.025, -0.025),
-    (1.05, 0.025, 0.025),
-)
-
-
-# ---- inputs -------------------------------------------------------------------------------
-
-def _folder_images(folder):
-    "Image files under `folder` (recursive, sorted; hidden files skipped) and the other files found."
-    images, skipped = [], []
-    for p in sorted(Path(folder).rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts): continue
-        if p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)): images.append(str(p))
-        else: skipped.append(str(p))
-    return images, skipped
-
-
-def _csv_paths(csv_path):
-    "The `path` column of a CSV, relative paths resolved against the CSV's folder."
-    try:
-        df = pd.read_csv(csv_path, dtype={"path": str}, keep_default_na=False)
-    except Exception as e:
-        raise CxrError(f"{csv_path}: cannot read CSV ({type(e).__name__}: {e})") from None
-    if "path" not in df.columns:
-        raise CxrError(f"{csv_path}: a CSV of inputs needs a 'path' column; it has {', '.join(map(str, df.columns))}")
-    base = Path(csv_path).parent
-    return [str(p) if Path(p).is_absolute() else str(base / p) for p in df["path"].astype(str)]
-
-
-def collect_inputs(inputs):
-    """(paths, skipped): image paths from files, folders (recursive), globs and CSVs with a `path` column.
-
-    Files named directly are kept whatever their type (an unreadable one gets an error row); in
-    folders, files without an image suffix (or DICM marker) are skipped and returned as `skipped`."""
-    if isinstance(inputs, (str, os.PathLike)): inputs = [inputs]
-    paths, skipped = [], []
-    for item in inputs:
-        item = str(item)
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found, other = _folder_images(path)
-            paths += found
-            skipped += other
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            paths += _csv_paths(path)
-        elif not path.exists() and GLOB_CHARS & set(item):
-            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
-            if not matches: raise CxrError(f"no files match {item!r}")
-            for m in matches:
-                if Path(m).is_dir():
-                    found, other = _folder_images(m)
-                    paths += found
-                    skipped += other
-                else:
-                    paths.append(m)
-        else:
-            paths.append(str(path))  # a missing file becomes an error row naming it
-    return paths, skipped
-
-
-# ---- preprocessing ------------------------------------------------------------------------
-
-def make_resizer(img_size, resize_method="squish"):
-    "The valid-time resize of training (resize.resizer) for a model.json's size and method."
-    if resize_method not in RESIZE_METHODS:
-        raise ModelFormatError(f"unknown resize_method {resize_method!r} in model.json; "
-                               f"one of {', '.join(RESIZE_METHODS)}")
-    return resizer(img_size, resize_method)
-
-
-def tta_views(x, views=TTA_VIEWS):
-    "The TTA views of a float batch (N, C, H, W): each a zoomed/shifted crop resized back (bilinear)."
-    h, w = x.shape[-2:]
-    out = []
-    for zoom, dy, dx in views:
-        if zoom == 1.0 and dy == 0 and dx == 0:
-            out.append(x)
-            continue
-        ch, cw = round(h / zoom), round(w / zoom)
-        top = min(max(round((h - ch) / 2 + dy * h), 0), h - ch)
-        left = min(max(round((w - cw) / 2 + dx * w), 0), w - cw)
-        crop = x[..., top:top + ch, left:left + cw]
-        out.append(torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
-    return out
-
-
-def stack_views(x):
-    "A batch's TTA views stacked along the batch dimension: (len(TTA_VIEWS) * N, C, H, W), one forward pass."
-    return torch.cat(tta_views(x))
-
-
-def mean_over_views(out, n):
-    "Outputs of `n` images' views in stack_views order -> the mean over the views per image (n, ...), float32."
-    out = out.float()
-    return out.view(len(TTA_VIEWS), n, *out.shape[1:]).mean(0)
 
 
 # ---- the predictor ------------------------------------------------------------------------
@@ -174,10 +68,6 @@ def mean_over_views(out, n):
 def _default_device(device):
     if device is None: return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _default_workers():
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def meta_from_learner(learn):
@@ -211,10 +101,8 @@ class Predictor:
         self.multilabel = bool(meta["multilabel"])
         self.thresholds = dict(meta.get("thresholds") or {})
         self.img_size = meta["img_size"]
-        self.resize = make_resizer(self.img_size, meta.get("resize_method", "squish"))
-        self.preprocessing = meta.get("preprocessing", "none")  # as in training: before resizing
-        jpeg = meta.get("jpeg_quality")  # training's compression path: every image through JPEG after resizing
-        self.jpeg_quality = jpeg_eval_quality(jpeg) if jpeg else None
+        self.decoder = ImageDecoder(meta)  # file -> uint8 model-size pixels, as training's valid-time path
+        self.preprocessing = self.decoder.preprocessing
         norm = meta["normalize"]
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
@@ -273,20 +161,7 @@ class Predictor:
     # -- preprocessing
     def load(self, path):
         "Decode + resize one file: a uint8 tensor (1, H, W), or the error message (str) saying why not."
-        return self.decode(path, warn=False)[0]
-
-    def decode(self, path, warn=True):
-        "(uint8 tensor (1, H, W) or the error message, the input guard's warnings ('' when none or not asked for))."
-        try:
-            gray = load_image(path)
-            img = self.resize(preprocess(gray, self.preprocessing))
-            if self.jpeg_quality is not None: img = jpeg_roundtrip(img, self.jpeg_quality)
-            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).unsqueeze(0)
-        except DataError as e:
-            return str(e), ""
-        except Exception as e:  # a decoder bug must not stop the other images
-            return f"{path}: cannot read image ({type(e).__name__}: {e})", ""
-        return x, (safe_input_warnings(path, gray) if warn else "")
+        return self.decoder.decode(path, warn=False)[0]
 
     def to_input(self, x):
         "A uint8 batch (N, 1 or 3, H, W) -> the normalised float batch the model takes, on the device."
@@ -294,35 +169,12 @@ class Predictor:
         x = (x.expand(-1, self.mean.shape[1], -1, -1) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def iter_batches(self, paths, batch_size=32, workers=None, prefetch=2, warn=False):
-        """Yield lists of (index, uint8 tensor or error str, warnings str), decoded by `workers` threads `prefetch`
-        batches ahead; warn: run the input guard on each file too."""
-        workers = _default_workers() if workers is None else int(workers)
-        if workers == 0:
-            for start in range(0, len(paths), batch_size):
-                yield [(i, *self.decode(paths[i], warn)) for i in range(start, min(start + batch_size, len(paths)))]
-            return
-        with ThreadPoolExecutor(workers, thread_name_prefix="cxr-decode") as pool:
-            pending, todo = deque(), iter(range(len(paths)))
-
-            def fill():
-                while len(pending) < batch_size * (prefetch + 1):
-                    i = next(todo, None)
-                    if i is None: return
-                    pending.append((i, pool.submit(self.decode, paths[i], warn)))
-
-            fill()
-            while pending:
-                batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                fill()
-                yield [(i, *f.result()) for i, f in batch]
-
     # -- the model
     def activation(self, logits):
         "Sigmoid per label (multi-label) or softmax over classes, of logits / T when the model has a temperature."
         logits = logits.float()
         if self.temperature is not None: logits = logits / self.temperature
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        return activate(logits, self.multilabel)
 
     def forward_proba(self, x, tta=None):
         "Probabilities (N, C) for a normalised batch; with `tta` (None: the model's default), of the views' mean logits."
@@ -347,8 +199,8 @@ class Predictor:
         probs = np.full((len(paths), len(self.classes)), np.nan, dtype=np.float32)
         errors = [""] * len(paths)
         if warnings_out is not None: warnings_out[:] = [""] * len(paths)
-        cam_names = _unique_stems(paths) if gradcam is not None else None
-        for batch in self.iter_batches(paths, batch_size, workers, warn=warnings_out is not None):
+        cam_names = unique_stems(paths) if gradcam is not None else None
+        for batch in self.decoder.batches(paths, batch_size, workers, warn=warnings_out is not None):
             good = [(i, t) for i, t, _ in batch if not isinstance(t, str)]
             for i, t, w in batch:
                 if isinstance(t, str): errors[i] = t
@@ -362,18 +214,29 @@ class Predictor:
 
     def gradcam_batches(self, rows, batch_size=32):
         "Grad-CAM inputs of a table's rows: (normalised batch, grayscale images as the model saw them) per batch."
-        for batch in self.iter_batches(rows["path"].astype(str).tolist(), batch_size, workers=0):
+        for batch in self.decoder.batches(rows["path"].astype(str).tolist(), batch_size, workers=0):
             failed = [t for _, t, _ in batch if isinstance(t, str)]
             if failed: raise DataError(failed[0])
             x_u8 = torch.stack([t for _, t, _ in batch])
             yield self.to_input(x_u8), [Image.fromarray(t[0].numpy(), mode="L") for t in x_u8]
 
+    def predict_image(self, gray, tta=None):
+        """One image already decoded to 8-bit grayscale (an upload): (the uint8 input the model saw (1, H, W),
+        probabilities (C,), the decision), as `predict` gives them for a file."""
+        x_u8 = self.decoder.prepare(gray)
+        probs = self.forward_proba(self.to_input(x_u8[None]), tta=tta).numpy()[0]
+        return x_u8, probs, self.decide(probs[None])[0]
+
+    def heatmaps(self, x_u8, target=None):
+        "Grad-CAM heatmaps (N, H, W) of a uint8 batch: for the predicted class, or `target` (a class index per image)."
+        if not isinstance(self.model, torch.nn.Module): raise CxrError("--gradcam needs the torch engine (--engine torch)")
+        with torch.enable_grad():
+            return gradcam(self.model, self.to_input(x_u8), target=target)
+
     def write_gradcams(self, x_u8, names, folder):
         "Grad-CAM overlays (PNG) of a uint8 batch, for the predicted class, named `names` in `folder`."
         folder = Path(folder)
-        if not isinstance(self.model, torch.nn.Module): raise CxrError("--gradcam needs the torch engine (--engine torch)")
-        with torch.enable_grad():
-            heat = gradcam(self.model, self.to_input(x_u8))
+        heat = self.heatmaps(x_u8)
         for name, img, h in zip(names, x_u8, heat):
             pil = Image.fromarray(img[0].numpy(), mode="L")
             write_atomic(folder / f"{name}.png", lambda p, im=overlay(pil, h): im.save(p, format="png"))
@@ -461,17 +324,6 @@ def temperature_tensor(meta, classes, device):
 def load_model(model_dir, device=None, unsafe_pickle=False, **options):
     "A `Predictor` for a model dir (or run dir): `.predict(paths) -> DataFrame`; options: precision, engine, int8, channels_last."
     return Predictor.from_dir(model_dir, device=device, unsafe_pickle=unsafe_pickle, **options)
-
-
-def _unique_stems(paths):
-    "File stems, made unique with a counter where two files share one."
-    seen, out = {}, []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}_{n}")
-    return out
 
 
 # ---- the public function and the command --------------------------------------------------

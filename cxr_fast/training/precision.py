@@ -28,6 +28,7 @@ from fastai.callback.fp16 import MixedPrecision
 
 from ..core.errors import CxrError
 from ..core.machine import cpu_flags
+from ..core.scoped import scoped
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -157,11 +158,8 @@ def default_precision(name="auto"):
     reaches every run of a recipe)."""
     name = str(name).strip().lower()
     if name not in PRECISIONS: raise CxrError(f"unknown precision {name!r}; choose one of: {', '.join(PRECISIONS)}")
-    token = _DEFAULT.set(name)
-    try:
+    with scoped(_DEFAULT, name):
         yield name
-    finally:
-        _DEFAULT.reset(token)
 
 
 def precision_default():

@@ -6,9 +6,9 @@ Grad-CAM overlay beside the image, and the model card (model.json, plus MODEL_CA
 has one). Several model dirs give a selector, with an "all models, side by side" choice.
 
 A small Starlette app rather than Gradio, because:
-- nothing is written where the browser says, and nothing is served from disk: an upload is read into memory
-  (at most `max_upload_mb`), written to a private temporary folder only while `Predictor.load` decodes it (the
-  same code path as `predict`), and deleted before the answer; results go back inline (images as data URLs).
+- nothing is written and nothing is served from disk: an upload is read into memory (at most `max_upload_mb`),
+  decoded there as `predict` decodes a file and handed to the model's Predictor (upload.py); results go back
+  inline (images as data URLs).
   Gradio keeps every upload and every output image in its cache folder and serves files from disk by path;
 - it makes no request to the internet (Gradio sends analytics and a version check to api.gradio.app by default);
 - the page is one HTML file with plain form controls, and `POST /api/predict` answers JSON to any client
@@ -20,59 +20,34 @@ Routes: `GET /` the page, `GET /api/models` the models and their cards, `GET /ap
 example (PNG bytes, from memory), `POST /api/predict?model=I&filename=NAME` (body: the file's bytes; the name
 is only shown, never used as a path), `GET /api/status` the queue (held, peak, served, capacity).
 Research and teaching only: the page says so next to every answer.
-The page itself is serve_page.py; the model card's HTML is serve_card.py.
+One upload -> one answer is upload.py; the page itself is page.py; the model card's HTML is card.py.
 """
 import asyncio
-import base64
-import hashlib
-import io
-import re
-import shutil
 import socket
 import sys
 import tempfile
-import time
 import traceback
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pydicom
-import torch
-from PIL import Image
 
 from ...core.errors import CxrError
-from ...inference.gradcam import gradcam, overlay
-from ...data.guards import safe_input_warnings
-from ...data.images import IMAGE_SUFFIXES, load_image
+from ...data.images import IMAGE_SUFFIXES
+from ...data.sources.phantom import make_phantoms
 from ...inference.predictor import load_model
 from ...models.folder import find_model_dir
 from .card import DISCLAIMER, model_card_html
 from .page import PAGE
-from ...data.sources.phantom import make_phantoms
-from ...data.labels import positive_index
+from .upload import MAX_PIXELS, InputError, analyse, clean_filename
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 MAX_UPLOAD_MB = 32          # a 3000x3000 16-bit uncompressed DICOM is 18 MB
-MAX_PIXELS = 50_000_000     # larger images are refused before decoding (real chest X-rays are <= ~18 Mpx)
 QUEUE_SIZE = 32             # requests held at once (waiting or running); more get "busy"
-DISPLAY_SIZE = 384          # the longer side of the images shown on the page
 MAX_EXAMPLES = 12
-RASTER_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif"}
-DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]  # Host header values a loopback IPv4 server accepts
-
-
-class InputError(CxrError):
-    "An upload the page answers with a message (HTTP 400/413)."
-
-    def __init__(self, message, status=400):
-        super().__init__(message)
-        self.status = status
 
 
 class Busy(CxrError):
@@ -113,141 +88,6 @@ def load_models(model_dirs, device=None):
         if names[name] > 1: name = f"{name} ({names[name]})"
         served.append(ServedModel(name, load_model(folder, device=device), folder))
     return served
-
-
-# ---- one upload -> one answer --------------------------------------------------------------
-
-def clean_filename(name):
-    "The uploaded file's name for display only (never used as a path): its last part, printable, short."
-    name = re.split(r"[\\/]", str(name or ""))[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()
-    return (name[:120] or "upload")
-
-
-def sniff(data, filename):
-    "(suffix, kind, (width, height) or None) from the bytes themselves; InputError when they are no image we read."
-    if not data: raise InputError("the upload is empty (0 bytes): choose a PNG, JPEG or DICOM file")
-    if len(data) >= 132 and data[128:132] == b"DICM": return ".dcm", "DICOM", None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt, size = img.format, img.size
-    except Image.DecompressionBombError as e:  # Pillow refuses to even open it (over 2 x its MAX_IMAGE_PIXELS)
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
-        raise InputError(f"{clean_filename(filename)}: the image has {size} (a decompression bomb?); "
-                         f"this page reads images of at most {MAX_PIXELS / 1e6:.0f} megapixels", status=413) from None
-    except Exception:
-        if Path(filename).suffix.lower() in DICOM_SUFFIXES: return ".dcm", "DICOM", None  # DICOM without preamble
-        head = data[:64]
-        text = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) == len(head)
-        raise InputError(f"{clean_filename(filename)}: not an image this page reads"
-                         f"{' (it looks like a text file)' if text else ''}; upload a PNG, JPEG, BMP, TIFF or DICOM file") from None
-    if fmt not in RASTER_FORMATS:
-        raise InputError(f"{clean_filename(filename)}: {fmt} images are not supported; upload a PNG, JPEG, BMP, TIFF or DICOM file")
-    return RASTER_FORMATS[fmt], fmt, size
-
-
-def dicom_size(path):
-    "(columns, rows) from a DICOM header, or None when the header does not say."
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-        return int(ds.Columns), int(ds.Rows)
-    except Exception:
-        return None  # the decoding step reports what is wrong with the file
-
-
-def check_pixels(size, filename, max_pixels):
-    "InputError for an image larger than `max_pixels` (a decompression bomb, or beyond what a chest X-ray needs)."
-    if size is None: return
-    w, h = size
-    if w * h > max_pixels:
-        raise InputError(f"{clean_filename(filename)}: the image is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels); "
-                         f"this page reads images of at most {max_pixels / 1e6:.0f} megapixels", status=413)
-
-
-def png_data_url(img, max_side=DISPLAY_SIZE):
-    "A PIL image as a data: URL (PNG), scaled so its longer side is `max_side` (small ones are enlarged)."
-    w, h = img.size
-    scale = max_side / max(w, h)
-    img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _message(text, tmp_path, filename):
-    "An error message with the server's temporary path replaced by the uploaded file's name."
-    text = str(text)
-    for p in (str(tmp_path), str(Path(tmp_path).resolve())):
-        text = text.replace(p, filename)
-    return text
-
-
-def probability_rows(predictor, probs):
-    "One dict per class: class, probability, its threshold (or None) and whether it is in the decision."
-    t = predictor.thresholds_for(None)
-    classes = predictor.classes
-    rows = [{"class": c, "p": float(p), "threshold": None} for c, p in zip(classes, probs)]
-    if predictor.multilabel:
-        for r in rows: r["threshold"] = float(t[r["class"]])
-    elif t is not None:
-        rows[positive_index(classes)]["threshold"] = float(t)
-    return rows
-
-
-def analyse(served, data, filename, max_pixels=MAX_PIXELS, keep_dir=None):
-    """Predict one uploaded file with `served`: the answer as a JSON-able dict, or InputError with the message.
-
-    The bytes go into a private temporary folder for `Predictor.load` (the `predict` path) and are deleted
-    before this returns; with `keep_dir` (the operator's choice) a copy is kept there under a new name."""
-    filename = clean_filename(filename)
-    start = time.perf_counter()
-    suffix, kind, size = sniff(data, filename)
-    check_pixels(size, filename, max_pixels)
-    pred = served.predictor
-    tmp = Path(tempfile.mkdtemp(prefix="cxr-serve-"))
-    try:
-        path = tmp / f"upload{suffix}"
-        path.write_bytes(data)
-        if kind == "DICOM":
-            size = dicom_size(path)
-            check_pixels(size, filename, max_pixels)
-        x_u8 = pred.load(path)  # uint8 (1, H, W) at the model's size, or the reason it cannot be read
-        if isinstance(x_u8, str): raise InputError(_message(x_u8, path, filename))
-        x = pred.to_input(x_u8[None])
-        probs = pred.forward_proba(x).numpy()[0]
-        decision = pred.decide(probs[None])[0]
-        if pred.multilabel: target = int(np.argmax(probs))
-        else: target = pred.classes.index(decision)
-        with torch.enable_grad():
-            heat = gradcam(pred.model, x, target=[target])[0]
-        try:
-            shown = load_image(path)
-            size = shown.size
-        except CxrError:
-            shown = Image.fromarray(x_u8[0].numpy(), mode="L")
-        warning = safe_input_warnings(path, shown)  # what `predict` writes in its warning column
-        if served.meta.get("resize_method", "squish") != "squish":  # crop/pad: the map fits the model's view only
-            shown = Image.fromarray(x_u8[0].numpy(), mode="L")
-        shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
-        kept = keep_upload(keep_dir, data, suffix) if keep_dir else None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"ok": True, "model_name": served.name, "filename": filename, "format": kind, "size": list(size or []),
-            "pred": decision, "multilabel": pred.multilabel, "probs": probability_rows(pred, probs),
-            "gradcam_class": pred.classes[target], "image": png_data_url(shown), "gradcam": png_data_url(overlay(shown, heat)),
-            "warning": warning, "seconds": round(time.perf_counter() - start, 3), "kept": kept, "disclaimer": DISCLAIMER}
-
-
-def keep_upload(keep_dir, data, suffix):
-    "Save an upload under a name the server makes (time + content hash), never the browser's; returns the name."
-    keep_dir = Path(keep_dir)
-    keep_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
-    (keep_dir / name).write_bytes(data)
-    return name
 
 
 def bundled_examples(folder=None, size=256):

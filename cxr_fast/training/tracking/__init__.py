@@ -35,6 +35,7 @@ from contextlib import contextmanager
 
 from ...cli.args import as_list
 from ...core.errors import CxrError
+from ...core.scoped import scoped
 from ..distributed import is_main
 
 PACKAGES = {"csv": None, "tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
@@ -83,11 +84,8 @@ def tracking_context(tracker=None, tracker_dir=None, hooks=()):
     outer = _CONTEXT.get()
     inner = {"tracker": outer["tracker"] if tracker is None else parse_trackers(tracker),
              "tracker_dir": tracker_dir or outer["tracker_dir"], "hooks": (*outer["hooks"], *hooks)}
-    token = _CONTEXT.set(inner)
-    try:
+    with scoped(_CONTEXT, inner):
         yield inner
-    finally:
-        _CONTEXT.reset(token)
 
 
 def context_tracker():
