@@ -138,6 +138,10 @@ def test_tune_and_recipes_read_the_same_options(capsys):
     with pytest.raises(CxrError, match=r"--space dropout: --dropout must be in \[0, 1\]"):
         target.check(parse_space("dropout=0.1..2"))
     with pytest.raises(CxrError, match="--space aug: --aug must be one of"): target.check(parse_space("aug=cxr|heavy"))
+    with pytest.raises(CxrError, match="--pretrained must be true or false"):  # an option every trial gets
+        TrainTarget("phantom", "data/phantom", "3class", pretrained="maybe").check(parse_space("lr=1e-4..1e-2"))
+    with pytest.raises(CxrError, match="train has no option --epoch: did you mean --epochs"):
+        TrainTarget("phantom", "data/phantom", "3class", epoch=3).check(parse_space("lr=1e-4..1e-2"))
     with pytest.raises(CxrError, match="train has no option --dropuot: did you mean --dropout"):
         recipes.fit_options(dropuot=0.5)
     with pytest.raises(CxrError, match=r"--dropout must be in \[0, 1\]"): recipes.fit_options(dropout=2)

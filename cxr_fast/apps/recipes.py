@@ -186,10 +186,8 @@ def fit_options(quick=False, **options):
     """train() keyword arguments, checked by train's options (a wrong name or value fails before any data is read);
     smoke mode makes them tiny: 32 px, batch 8, no ImageNet weights, no workers. Fails at once too when ImageNet
     weights are asked for and cannot be had."""
-    from ..training.options import OPTIONS, unknown_option  # lazy (torch, fastai), as below
-    for name, value in options.items():
-        if name not in OPTIONS: raise unknown_option(name)
-        OPTIONS[name].coerce(value)
+    from ..training.options import check_options  # lazy (torch, fastai), as below
+    check_options(options)
     if quick:
         options.update(size=SMOKE["size"], bs=min(options.get("bs", SMOKE["bs"]), SMOKE["bs"]), pretrained=False,
                        num_workers=0)

@@ -55,7 +55,7 @@ from ..core.jsonio import write_atomic
 from ..training.callbacks import RunCheckpoint, epoch_ran
 from ..training.tracking import tracking_context
 from ..training.tracking.base import epoch_log
-from ..training.options import check_trial_options
+from ..training.options import check_options, check_trial_options
 from ..training.run import train
 from .tune_space import Param, parse_space, suggest
 
@@ -84,10 +84,12 @@ class TrainTarget:
         self.fixed = {k.replace("-", "_"): v for k, v in fixed.items()}
 
     def check(self, space):
-        "Fail before any trial on a parameter train does not have (or one tune sets itself), or a value it refuses."
+        """Fail before any trial on a parameter train does not have (or one tune sets itself), or a value it refuses,
+        in the space or among the options every trial gets."""
         if "out" in space: raise CxrError("--space out: each trial's run folder is chosen by tune (OUT/trial-NNNN)")
         tried = {n: [p.low, p.high] if p.kind in ("int", "float") else p.choices for n, p in space.items()}
         check_trial_options(tried, self.source, source_option_names(self.source))
+        check_options(self.fixed, source_option_names(self.source))
 
     def run(self, params, out):
         return train(self.source, self.root, self.task, out=out, **{**self.fixed, **params})

@@ -259,6 +259,13 @@ def unknown_option(name, known=()):
     return CxrError(f"train has no option {flag}: {hint}")
 
 
+def check_options(keywords, source_names=()):
+    "train() keywords checked as train checks them: each an option (or one of `source_names`) with a value it takes."
+    for name, value in keywords.items():
+        if name in OPTIONS: OPTIONS[name].coerce(value)
+        elif name not in source_names: raise unknown_option(name, source_names)
+
+
 def check_trial_options(tried, source, source_names=()):
     """tune's search space over train, {name: the values a trial may give it}: a one-line CxrError for a name that
     is neither an option nor one of the source's (`source_names`), with the close matches, or a value refused."""
