@@ -10,7 +10,7 @@ The heads keep the single-label recipes' hidden widths (resnet18 380, vgg16 4300
 from pathlib import Path
 
 from cxr_fast.apps import recipes
-from cxr_fast.cli.args import as_list
+from cxr_fast.core.args import as_list
 from cxr_fast.inference.inputs import collect_inputs
 from cxr_fast.inference.predictor import predict
 from cxr_fast.data.sources.coronahack import find_image_dirs

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from cxr_fast.cli.args import as_bool, as_int, as_list
+from cxr_fast.core.args import as_bool, as_int, as_list
 from cxr_fast.cli import main
 from cxr_fast.core.errors import CxrError
 

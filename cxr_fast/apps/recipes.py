@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli.args import as_int, as_type_of
+from ..core.args import as_int, as_type_of
 from ..data.download import DATASETS, manual_hint
 from ..core.errors import CxrError
 from ..data.labels import label_strings

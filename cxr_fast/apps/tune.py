@@ -46,7 +46,7 @@ from pathlib import Path
 
 from fastai.callback.core import Callback
 
-from ..cli.args import as_bool, as_choice, as_float, as_int, to_argv
+from ..core.args import as_bool, as_choice, as_float, as_int, to_argv
 from ..data.load import source_option_names
 from ..core.errors import CxrError
 from ..evaluation.runs import compare, compare_markdown, runs_in

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli.args import as_bool, as_float
+from ..core.args import as_bool, as_float
 from ..core.errors import CxrError
 
 

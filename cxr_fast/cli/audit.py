@@ -17,7 +17,7 @@ def audit_command(source, root=None, task=None, out=None, probes=True, gradcam=T
     --probe-size 128 --probe-epochs 3), --gradcam true|false (a run: Grad-CAM mass outside the central field),
     --folds 5 (file facts' patient-grouped CV), --seed, --valid-pct, --test-pct 0.2 (a held-out split for the
     probes where the source has none), --classes, and the source's own options."""
-    from .args import as_bool, as_float, as_int
+    from ..core.args import as_bool, as_float, as_int
     if is_run_dir(source) and out is None: out = Path(str(source)).expanduser() / "audit"
     if out is None or str(out).strip() == "": raise CxrError("--out DIR is required (where audit.json and audit.md go)")
     options = {k.replace("-", "_"): v for k, v in source_options.items()}

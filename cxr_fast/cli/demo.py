@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ..apps.demo import BANNER, DEMO_ARCH, demo
-from .args import as_bool, as_int
+from ..core.args import as_bool, as_int
 
 
 def demo_command(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, arch=DEMO_ARCH,

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ..data.download import DATASETS, download
-from .args import as_bool
+from ..core.args import as_bool
 
 
 def download_command(name=None, data_dir="data", force=False, list=False):

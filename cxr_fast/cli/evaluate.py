@@ -3,7 +3,7 @@ from ..evaluation.metrics import HEADLINE, N_BOOT
 from ..evaluation.report import md_table, with_ci
 from ..evaluation.runs import compare, compare_markdown, evaluate
 from ..training.options import OPTIONS  # --seed, --bs and --precision as train takes them
-from .args import as_choice, as_int
+from ..core.args import as_choice, as_int
 
 
 def evaluate_command(model_dir, source, root, task=None, out=None, classes=None, split="all", n_boot=N_BOOT, seed=0,

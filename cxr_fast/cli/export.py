@@ -1,7 +1,7 @@
 """`export`: a model folder to ONNX."""
 from ..inference.export import export_onnx
 from ..inference.onnx_file import DEFAULT_OPSET
-from .args import as_bool, as_int
+from ..core.args import as_bool, as_int
 
 
 def export_command(model_dir, out=None, int8=False, calibrate=None, calibration_images=128, opset=DEFAULT_OPSET):

@@ -5,7 +5,7 @@ from ..core.errors import CxrError
 from ..inference.predictor import format_predictions, parse_threshold, predict
 from ..models.folder import card_path
 from ..training.options import OPTIONS  # --tta, --precision and --bf16 as train takes them
-from .args import as_bool, as_int
+from ..core.args import as_bool, as_int
 
 
 def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, threshold=None, batch_size=32,

@@ -2,7 +2,7 @@
 import json
 
 from ..apps.recipes import format_list, get_recipe, parameter_help, registry, run_recipe
-from .args import as_bool
+from ..core.args import as_bool
 
 
 def recipe_command(name=None, list=False, data=None, out=None, quick=False, tracker=None, tracker_dir=None,

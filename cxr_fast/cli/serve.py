@@ -2,7 +2,7 @@
 from ..apps.serve.server import (DEFAULT_HOST, DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, MAX_PIXELS, MAX_UPLOAD_MB,
                                  QUEUE_SIZE, bind_socket, bundled_examples, create_app, load_models)
 from ..core.errors import CxrError
-from .args import as_float, as_int
+from ..core.args import as_float, as_int
 
 
 def serve_command(*model_dirs, host=DEFAULT_HOST, port=DEFAULT_PORT, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE,

@@ -1,7 +1,7 @@
 """`table`: build a dataset's canonical table, print class counts and problems."""
 from ..data.load import load_table, print_table_report
 from ..data.table import write_table
-from .args import as_bool, as_choice, as_int
+from ..core.args import as_bool, as_choice, as_int
 
 
 def table_command(source, root, task=None, out=None, valid_pct=0.2, test_pct=0.0, seed=42, classes=None,

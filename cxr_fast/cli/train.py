@@ -8,7 +8,7 @@ from ..core.errors import CxrError
 from ..training.distributed import is_distributed, is_main, num_processes_option, relaunch
 from ..training.options import options_help
 from ..training.run import train
-from .args import to_argv
+from ..core.args import to_argv
 
 
 def format_summary(results):

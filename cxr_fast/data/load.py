@@ -1,7 +1,7 @@
 """Getting a canonical table from command-line style arguments (one source, several, or a saved CSV)."""
 import inspect
 
-from ..cli.args import as_choice, as_float, as_int, as_list, as_type_of
+from ..core.args import as_choice, as_float, as_int, as_list, as_type_of
 from ..core.errors import CxrError
 from .sources import SOURCES, get_source
 from .table import build_table, concat_tables, format_problems, read_table, summarize

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli.args import as_int
+from ..core.args import as_int
 from ..core.activations import activate
 from .engines import INPUT_NAME, INT8_NAME, ONNX_NAME, require_onnxruntime
 from ..core.errors import CxrError

@@ -42,7 +42,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ..cli.args import as_float
+from ..core.args import as_float
 from ..core.errors import CxrError, DataError, ModelFormatError
 from ..core.activations import activate
 from .decoding import ImageDecoder

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..cli.args import as_bool, as_int
+from ..core.args import as_bool, as_int
 from ..core.errors import CxrError
 
 INSTALL_HINT = "distributed training needs Hugging Face Accelerate: pip install 'cxr_fast[distributed]'"

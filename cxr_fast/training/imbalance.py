@@ -1,6 +1,6 @@
 """Class imbalance in training: subsampling the majority class, sampling weights (by class, by source) and per-class
 loss weights."""
-from ..cli.args import as_list
+from ..core.args import as_list
 from ..core.errors import CxrError
 from ..data.labels import classes_of, is_multilabel, label_strings, subsample_class
 from .losses import inverse_frequency_weights

@@ -13,7 +13,7 @@ from fastai.torch_core import TensorMultiCategory, set_seed
 from fastcore.meta import delegates
 
 from . import distributed
-from ..cli.args import as_choice
+from ..core.args import as_choice
 from ..core.errors import DataError
 from ..data.blocks import get_dls
 from ..data.labels import is_multilabel

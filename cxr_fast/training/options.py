@@ -9,7 +9,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cli.args import as_bool, as_choice, as_float, as_int, as_list
+from ..core.args import as_bool, as_choice, as_float, as_int, as_list
 from ..core.errors import CxrError
 from ..data.blocks import AUG_PRESETS
 from ..data.images import check_preprocessing, jpeg_range

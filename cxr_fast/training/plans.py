@@ -21,7 +21,7 @@ scratch one `fit_one_cycle(epochs, lr)` of everything.
 import json
 import re
 
-from ..cli.args import as_float, as_int
+from ..core.args import as_float, as_int
 from ..core.errors import CxrError
 from ..models.registry import named_layer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, tracking
-from ..cli.args import as_choice
+from ..core.args import as_choice
 from ..core.errors import CxrError
 from ..core.machine import set_threads
 from ..core.version import __version__

@@ -33,7 +33,7 @@ import importlib
 import importlib.util
 from contextlib import contextmanager
 
-from ...cli.args import as_list
+from ...core.args import as_list
 from ...core.errors import CxrError
 from ...core.scoped import scoped
 from ..distributed import is_main

@@ -1,7 +1,8 @@
-"""Coerce and check values at the command-line boundary (Fire parses them as Python literals)."""
+"""Coerce and check option values (Fire parses command-line values as Python literals; train's option schema,
+recipes and tune check theirs with the same functions): the library's one set of value checks, below the CLI."""
 from pathlib import Path
 
-from ..core.errors import CxrError
+from .errors import CxrError
 
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off", "none"}
