@@ -40,7 +40,10 @@ def test_audit_command_flags_a_planted_file_format(tmp_path, capsys):
     assert result["file_facts"]["auroc"]["Pneumonia"] >= 0.95
     assert result["verdict"]["level"] == "shortcut" and "Pneumonia is predictable from file facts" in result["verdict"]["text"]
     assert "Verdict (shortcut)" in md and "pixel probes not run" in md
-    assert "verdict (shortcut)" in capsys.readouterr().out
+    assert "--jpeg-quality" in result["verdict"]["advice"] and "crop-field" not in result["verdict"]["advice"]  # file facts only
+    assert result["verdict"]["advice"] in md
+    printed = capsys.readouterr().out
+    assert "verdict (shortcut)" in printed and "To train past it" in printed
     assert before == {p: p.read_bytes() for p in root.rglob("*.*")}  # the data is never modified
 
 
@@ -49,6 +52,7 @@ def test_audit_does_not_flag_a_set_without_a_planted_fact(tmp_path):
     result = cxr_fast.audit("folders", str(root), "folders", out=tmp_path / "a", probes=False)
     assert result["verdict"]["level"] == "none", result["verdict"]
     assert "No shortcut found" in result["verdict"]["text"]
+    assert result["verdict"]["advice"] is None
 
 
 def test_audit_of_one_class_is_a_one_line_error(tmp_path, capsys):
@@ -87,7 +91,7 @@ def test_train_puts_the_verdict_in_report_card_and_serve_page(tmp_path, capsys):
     assert main(["train", "folders", str(root), "--task", "folders", "--out", str(run), "--arch", "resnet18",
                  "--pretrained", "false", "--epochs", "1", "--size", "32", "--bs", "8", "--num-workers", "0"]) == 0
     assert "shortcut audit (shortcut)" in capsys.readouterr().out
-    assert "## Shortcut audit" in (run / "report.md").read_text()
+    assert "## Shortcut audit" in (run / "report.md").read_text() and "To train past it" in (run / "report.md").read_text()
     assert "Pneumonia is predictable from file facts" in (run / "model" / "MODEL_CARD.md").read_text()
     meta = json.loads((run / "model" / "model.json").read_text())
     assert meta["audit"]["level"] == "shortcut" and meta["audit"]["file_facts_auroc"]["Pneumonia"] >= 0.95
