@@ -107,3 +107,9 @@ def test_audit_of_darkcovidnet_file_facts_flag_covid(shared_data, tmp_path):
     result = cxr_fast.audit("folders", str(root), "folders", out=tmp_path / "a", probes=False)
     assert result["file_facts"]["acquisition"]["auroc"]["Covid-19"] >= 0.95
     assert result["verdict"]["level"] == "shortcut" and "Covid-19" in result["verdict"]["text"]
+
+
+def test_the_run_probes_keep_only_train_options():
+    from cxr_fast.apps.audit.probes import RUN_OPTIONS_KEPT
+    from cxr_fast.training.options import OPTIONS
+    assert set(RUN_OPTIONS_KEPT) <= set(OPTIONS), set(RUN_OPTIONS_KEPT) - set(OPTIONS)

@@ -47,11 +47,14 @@ def default_probe_config(size=None, epochs=None):
     return {**config, "size": size, "bs": PROBE_DEFAULTS["bs"]}
 
 
+RUN_OPTIONS_KEPT = ("arch", "pretrained", "weights", "hidden", "dropout", "opt", "loss", "aug", "resize_method",
+                    "preprocessing", "jpeg_quality", "train_bn", "bn_stats", "label_smoothing", "balance_sources",
+                    "oversample", "lr")  # train options (training/options.py) a run's probes keep; the rest: short
+
+
 def run_probe_config(config, size=None, epochs=None):
     "A trained run's configuration made short for the probes: its arch, weights and preprocessing, small and brief."
-    keep = ("arch", "pretrained", "weights", "hidden", "dropout", "opt", "loss", "aug", "resize_method", "preprocessing",
-            "jpeg_quality", "train_bn", "bn_stats", "label_smoothing", "balance_sources", "oversample", "lr")
-    out = {k: config[k] for k in keep if k in config and config[k] is not None}
+    out = {k: config[k] for k in RUN_OPTIONS_KEPT if k in config and config[k] is not None}
     if isinstance(out.get("jpeg_quality"), list): out["jpeg_quality"] = tuple(out["jpeg_quality"])
     out["size"] = size or PROBE_DEFAULTS["size"]
     epochs = int(epochs or PROBE_DEFAULTS["epochs"])
