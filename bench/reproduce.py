@@ -40,6 +40,7 @@ ASKED = {"resnet18": "resnet18", "vgg16": "vgg16", "multilabel": "resnet18,vgg16
 SIIM_MISSING = ("densenet121-siim needs the SIIM-FISABIO-RSNA train DICOMs (train/<study>/<series>/<image>.dcm, "
                 "~6,300 images); ../shared/data/siim has the competition's label CSVs only")
 SUBSTITUTE = "tf_efficientnet_lite0"
+HEAD_STAGES = ("resnet18", "vgg16", "resnet50-coronahack", "densenet121-3class")  # with a head-only stage
 
 # ---- the layers the originals name, mapped onto the substitute by depth ----------------------------
 # A body is a sequence of units from input to output; unit j of n spans depths [j/n, (j+1)/n). A named original
@@ -84,13 +85,15 @@ def weights_available(arch):
         return False
 
 
-def recipe_plan(name, data_root, available=weights_available):
+def recipe_plan(name, data_root, available=weights_available, frozen_features=True):
     """What to run for a recipe: {'args': [...CLI...], 'asked', 'arch', 'substitute', 'mapping'}; the backbone is
-    the recipe's own when its weights are here, else SUBSTITUTE with the named layers mapped by depth."""
+    the recipe's own when its weights are here, else SUBSTITUTE with the named layers mapped by depth; head-only
+    stages on frozen features (train's frozen_features) unless `frozen_features` is false."""
     asked = ASKED[name].split(",")
     substitute = not all(available(a) for a in asked)
     plan = {"asked": ASKED[name], "arch": SUBSTITUTE if substitute else ASKED[name], "substitute": substitute,
             "mapping": {}, "args": ["--data", str(Path(data_root) / DATA[name])]}
+    if frozen_features and name in HEAD_STAGES: plan["args"] += ["--frozen-features", "true"]
     if not substitute: return plan
     if name == "resnet18":
         layers = map_layers(["conv1", "layer1", "layer3"], "resnet18")
@@ -213,7 +216,8 @@ def conclusion(name, variants):
     metric = c.get("metric", "accuracy")
     better, worse = variants[c["better"]], variants[c["worse"]]
     holds = better[metric] > worse[metric]
-    line = f"{'holds' if holds else 'does not hold'}: {c['better']} {better[metric]:.3f} vs {c['worse']} {worse[metric]:.3f} ({metric})"
+    line = (f"{'holds' if holds else 'does not hold'}: {c['better']} {better[metric]:.3f} vs {c['worse']} "
+            f"{worse[metric]:.3f} ({metric})")
     if "best" in c:
         top = max(variants, key=lambda k: variants[k]["accuracy"])
         line += f"; best here: {top}" + ("" if top == c["best"] else f" (the original's best: {c['best']})")
@@ -331,11 +335,15 @@ def frozen_features_section(result):
              "augmentation (the features are of the un-augmented images) and BatchNorm training in the body (its "
              "running statistics and affine weights stay as they are). The rows above say which runs used it.", ""]
     if not result: return lines + ["Speed-up: not measured yet (`python bench/bench_frozen_features.py`).", ""]
-    m = result["machine"]
+    m, images = result["machine"], result["images"]
     lines += [f"Measured with `{result['command']}`: {result['arch']}, {result['size']} px, batch {result['bs']}, "
-              f"lr {result['lr']}, images {result['images']}, on {m.get('cpu_model')} ({m.get('cores')} cores, "
+              f"lr {result['lr']}, {images.get('train')} train / {images.get('valid')} valid DarkCovidNet images, on {m.get('cpu_model')} ({m.get('cores')} cores, "
               f"{', '.join(m.get('cpu_flags_speed') or [])}, {m.get('torch_threads')} torch threads"
-              + (", shared with other work" if m.get("shared") else "") + "). Times include computing the features.", ""]
+              + (", shared with other work" if m.get("shared") else "")
+              + "). End to end decodes every image every epoch (no --cache, no workers); the frozen-feature times include "
+              "computing the features; the rows ran in order, the first "
+              "from cold caches. Valid accuracy is on "
+              f"{images.get('valid')} images from one seed: one image is {1 / max(1, images.get('valid', 1)):.3f}.", ""]
     rows = [[str(r["epochs"]), *[f"{r[k]['wall_s']} s / {r[k]['cpu_s']} s / {r[k]['valid_accuracy']:.3f}"
                                  for k in ("end_to_end", "frozen_features")], f"{r['speedup_wall']}x"]
             for r in result["rows"]]
@@ -359,6 +367,8 @@ def parse_args(argv=None):
     p.add_argument("--json", default=str(HERE.parent / "docs" / "reproduction.json"))
     p.add_argument("--md", default=None, help="default: the --json path with .md")
     p.add_argument("--quick", action="store_true", help="the recipes' smoke mode (tiny images, 1 epoch per stage)")
+    p.add_argument("--end-to-end", action="store_true", help="train head-only stages end to end, with augmentation "
+                   "(default: on the frozen body's features, computed once; train's frozen_features)")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON; run nothing")
     return p.parse_args(argv)
 
@@ -379,7 +389,7 @@ def main(argv=None):
             print(f"{name}: recorded in {json_path}, skipped")
             continue
         out = Path(a.work) / name
-        plan = recipe_plan(name, a.data_root)
+        plan = recipe_plan(name, a.data_root, frozen_features=not a.end_to_end)
         if plan["substitute"]:
             print(f"{name}: ImageNet weights for {plan['asked']} are not on this machine; running {SUBSTITUTE}")
         attempt = run_recipe(name, plan, out, a.quick)

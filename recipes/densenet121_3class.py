@@ -16,12 +16,17 @@ from cxr_fast.training.run import train
 
 def run(data="data/darkcovidnet", out="runs/densenet121-3class", arch="densenet121", classes=None, epochs=4, lr=1e-3, fine_tune_epochs=4,
         fine_tune_lr=1e-4, fine_tune_groups=2, valid_pct=0.1, test_pct=0.1, bs=32, size=224, aug="cxr",
-        save_best=False, pretrained=True, seed=42, overwrite=False, resume=False, quick=False):
-    """Feature extraction vs feature extraction + fine-tuning of an ImageNet DenseNet121 on three classes."""
+        save_best=False, pretrained=True, seed=42, frozen_features=False, overwrite=False, resume=False,
+        quick=False):
+    """Feature extraction vs feature extraction + fine-tuning of an ImageNet DenseNet121 on three classes.
+
+    frozen_features: the feature-extraction stage trains the head on the frozen body's features, computed once
+    (faster; no augmentation and no BatchNorm training in the body there)."""
     root = recipes.need_data(data, "darkcovidnet")
     fit = recipes.fit_options(quick, arch=arch, bs=bs, size=size, aug=aug, save_best=save_best,
                               pretrained=pretrained, seed=seed, overwrite=overwrite,
-                              resume=resume, valid_pct=valid_pct, test_pct=test_pct)
+                              resume=resume, valid_pct=valid_pct, test_pct=test_pct,
+                              frozen_features=frozen_features)
     table = recipes.load_data(root, "folders", "3class", quick, classes=classes, valid_pct=valid_pct,
                               test_pct=test_pct, seed=seed)
     epochs, fine_tune_epochs = recipes.epochs(quick, epochs, fine_tune_epochs)

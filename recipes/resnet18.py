@@ -19,15 +19,18 @@ from cxr_fast.training.run import train
 
 def run(data="data/coronahack", out="runs/resnet18", arch="resnet18", classes=None, hidden=380, dropout=0.5, lr=1e-3, epochs=10,
         layers="conv1,layer1,layer3", bs=32, size=224, aug="cxr", wd=0.0, valid_pct=0.2, pretrained=True,
-        seed=42, overwrite=False, resume=False, quick=False):
+        seed=42, frozen_features=False, overwrite=False, resume=False, quick=False):
     """Three runs of an ImageNet ResNet18 with a `hidden`-unit head: FC only, `layers` + FC, everything.
 
     classes: class mapping, e.g. 'COVID-19->Infected,Pneumonia->Infected,Normal'; layers: the conv layers the
-    second run trains with the FC; valid_pct: carved by patient when the data has no valid split."""
+    second run trains with the FC; valid_pct: carved by patient when the data has no valid split;
+    frozen_features: the FC-only run trains the head on the frozen body's features, computed once (faster; no
+    augmentation and no BatchNorm training in the body there)."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch=arch, hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size,
                               aug=aug, pretrained=pretrained, seed=seed, overwrite=overwrite,
-                              resume=resume, valid_pct=valid_pct)
+                              resume=resume, valid_pct=valid_pct,
+                              frozen_features=frozen_features)
     source, task = recipes.binary_source(root)
     table = recipes.load_data(root, source, task, quick, classes=classes, valid_pct=valid_pct, seed=seed)
     names = [n.strip() for n in str(layers).replace("+", ",").split(",") if n.strip()]

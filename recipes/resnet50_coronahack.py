@@ -13,14 +13,17 @@ from cxr_fast.training.run import train
 
 def run(data="data/coronahack", out="runs/resnet50-coronahack", arch="resnet50", balance=1 / 22, valid_pct=0.1, bs=8, size=256,
         aug="cxr-flip", head_epochs=5, head_lr=0.01, all_epochs=5, all_lr=1e-3, clip=0.1, wd=1e-4, opt="adamw",
-        pretrained=True, seed=42, overwrite=False, resume=False, quick=False):
+        pretrained=True, seed=42, frozen_features=False, overwrite=False, resume=False, quick=False):
     """Two-stage fine-tuning of an ImageNet ResNet50 on balanced Normal vs COVID-19.
 
-    balance: fraction of Normal patients kept; opt: adamw is fastai's Adam (decoupled weight decay)."""
+    balance: fraction of Normal patients kept; opt: adamw is fastai's Adam (decoupled weight decay);
+    frozen_features: the frozen-body stage trains the head on the frozen body's features, computed once (faster; no
+    augmentation and no BatchNorm training in the body there)."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch=arch, bs=bs, size=size, aug=aug, clip=clip, wd=wd, opt=opt,
                               pretrained=pretrained, seed=seed, overwrite=overwrite,
-                              resume=resume, valid_pct=valid_pct, test_pct=0.0)
+                              resume=resume, valid_pct=valid_pct, test_pct=0.0,
+                              frozen_features=frozen_features)
     table = recipes.load_data(root, "coronahack", "normal-vs-covid", quick, balance=balance, kaggle_split=False,
                               valid_pct=valid_pct, test_pct=0.0, seed=seed)
     head_epochs, all_epochs = recipes.epochs(quick, head_epochs, all_epochs)

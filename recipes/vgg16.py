@@ -21,15 +21,17 @@ FEW = "features.0,features.5,features.10,features.12,features.19,features.21,fea
 
 def run(data="data/coronahack", out="runs/vgg16", arch="vgg16", classes=None, hidden=4300, dropout=0.5, lr=1e-3, epochs=10,
         one_layer="features.10", few_layers=FEW, bs=32, size=224, aug="cxr", wd=0.0, valid_pct=0.2, pretrained=True,
-        seed=42, overwrite=False, resume=False, quick=False):
+        seed=42, frozen_features=False, overwrite=False, resume=False, quick=False):
     """Four runs of an ImageNet VGG16 with a `hidden`-unit head: FC only, `one_layer` + FC, `few_layers` + FC, all.
 
     classes: class mapping, e.g. 'COVID-19->Infected,Pneumonia->Infected,Normal'; valid_pct: carved by
-    patient when the data has no valid split."""
+    patient when the data has no valid split; frozen_features: the FC-only run trains the head on the frozen
+    body's features, computed once (faster; no augmentation and no BatchNorm training in the body there)."""
     root = recipes.need_data(data, "coronahack")
     fit = recipes.fit_options(quick, arch=arch, hidden=[hidden], dropout=dropout, wd=wd, bs=bs, size=size, aug=aug,
                               pretrained=pretrained, seed=seed, overwrite=overwrite,
-                              resume=resume, valid_pct=valid_pct)
+                              resume=resume, valid_pct=valid_pct,
+                              frozen_features=frozen_features)
     source, task = recipes.binary_source(root)
     table = recipes.load_data(root, source, task, quick, classes=classes, valid_pct=valid_pct, seed=seed)
     few = [n.strip() for n in str(few_layers).replace("+", ",").split(",") if n.strip()]

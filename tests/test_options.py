@@ -38,6 +38,7 @@ BAD = {  # option -> (a wrong value, words of its one-line error)
     "monitor": ("auc", "--monitor must be one of"), "save_best": ("maybe", "--save-best must be true or false"),
     "patience": (0, "--patience must be >= 1"), "train_bn": ("maybe", "--train-bn must be true or false"),
     "bn_stats": ("fix", "--bn-stats must be one of fixed, frozen, train"),
+    "frozen_features": ("maybe", "--frozen-features must be true or false"),
     "precision": ("fp8", "--precision must be one of"), "mixed_precision": ("maybe", "--mixed-precision must be"),
     "bf16": ("maybe", "--bf16 must be true or false"), "export_pkl": ("maybe", "--export-pkl must be true or false"),
     "resume": ("maybe", "--resume must be true or false"), "overwrite": ("maybe", "--overwrite must be true"),
@@ -110,8 +111,9 @@ def test_help_lists_every_option_with_its_help(capsys):
 def test_a_saved_config_resolves_to_itself():
     saved = json.loads(FIXTURE.read_text())
     resolved = json.loads(json.dumps(resolve_config(saved), default=str))
-    assert {n: resolved[n] for n in OPTIONS} == {n: saved[n] for n in OPTIONS}
-    check_resume(saved, resolve_config(saved), FIXTURE.parent)  # resuming with the same options is allowed
+    assert {n: resolved[n] for n in OPTIONS if n in saved} == {n: saved[n] for n in OPTIONS if n in saved}
+    assert all(resolved[n] == OPTIONS[n].default for n in set(OPTIONS) - set(saved))  # added since 0.1.0
+    check_resume(saved_config(FIXTURE), resolve_config(saved), FIXTURE.parent)  # resuming with the same options
 
 
 @pytest.mark.parametrize("added_since", [["audit", "calibrate", "target_sensitivity"], ["jpeg_quality", "tracker"]])

@@ -32,8 +32,9 @@ def test_mapped_units_are_layers_of_the_substitute():
 def test_plan_substitutes_only_when_weights_are_missing(tmp_path):
     missing = reproduce.recipe_plan("resnet18", tmp_path, available=lambda arch: False)
     assert missing["substitute"] and missing["args"][2:] == \
-        ["--arch", reproduce.SUBSTITUTE, "--layers", "conv_stem+blocks.0+blocks.1+blocks.2+blocks.4+blocks.5"]
-    here = reproduce.recipe_plan("vgg16", tmp_path, available=lambda arch: True)
+        ["--frozen-features", "true", "--arch", reproduce.SUBSTITUTE,
+         "--layers", "conv_stem+blocks.0+blocks.1+blocks.2+blocks.4+blocks.5"]
+    here = reproduce.recipe_plan("vgg16", tmp_path, available=lambda arch: True, frozen_features=False)
     assert not here["substitute"] and here["args"] == ["--data", str(tmp_path / "coronahack")]
     multi = reproduce.recipe_plan("multilabel", tmp_path, available=lambda arch: arch == "resnet18")
     assert multi["args"][-2:] == ["--archs", reproduce.SUBSTITUTE]  # one of the two missing: both substituted
@@ -112,7 +113,8 @@ def test_quick_reproduction_on_the_shared_data(tmp_path, shared_data, monkeypatc
     reproduce.main(args)
     entry = json.loads(doc_json.read_text())["recipes"]["densenet121-3class"]
     assert set(entry["variants"]) == {"feature-extraction", "fine-tuning"} and entry["quick"]
-    assert all(0 <= v["accuracy"] <= 1 and v["split"] == "test" for v in entry["variants"].values())
+    assert all(0 <= v["accuracy"] <= 1 and v["split"] == "test" and v["frozen_features"]
+               for v in entry["variants"].values())
     assert (tmp_path / "work" / "densenet121-3class" / "console.log").read_text().count("epoch 1/1") >= 2
     monkeypatch.setattr(reproduce, "run_recipe", lambda *a, **k: pytest.fail("a recorded recipe ran again"))
     reproduce.main(args)

@@ -202,6 +202,9 @@ OPTIONS = {o.name: o for o in [
     O("train_bn", bool, True, "BatchNorm layers of frozen parts keep training (fastai's default)"),
     O("bn_stats", str, None, "BatchNorm statistics: train (per batch), frozen (fastai's BnFreeze), fixed (the body's "
       "pretrained ones throughout); default: frozen when train_bn is false, else train", choices=BN_STATS),
+    O("frozen_features", bool, False, "a head-only stage computes the frozen body's features once and trains the "
+      "head on them (training/features.py): much faster, but that stage has no augmentation and no BatchNorm "
+      "training in the body"),
     O("precision", precision_name, None, "auto (bf16 on a CPU with native bf16, fp16 on CUDA, else fp32), fp32, bf16 "
       "or fp16; default: auto, or what the recipe set", accepts="one of " + ", ".join(PRECISIONS)),
     O("mixed_precision", optional_bool("mixed-precision"), None, "deprecated alias of --precision (CUDA: fp16 or "

@@ -29,6 +29,7 @@ from ..models.folder import save_model_dir
 from ..models.weights import ensure_pretrained_available
 from .callbacks import BestModel, EarlyStop, ResumeRecorder, RunCheckpoint
 from .checkpoints import load_last, next_position, resume_hook
+from .features import fit_head_on_features, uses_frozen_features
 from .imbalance import class_weight_values
 from .learner import build_learner, metric_names
 from .options import OPTIONS, close_options, options_help, resolve_config, train_signature, unknown_option
@@ -56,8 +57,10 @@ def run_plan(learn, plan, run_dir, config, ckpt=None, cbs=None):
         recorder = [ResumeRecorder(ckpt["smooth_loss"])] if mid_stage else []
         checkpoints = [checkpoint] if main else []
         stage_cbs = [c for c in (best, early) if c is not None] + list(cbs or []) + checkpoints + recorder
-        fit_stage(learn, stage, suggestion, stage_cbs, start_epoch=first_epoch if mid_stage else 0,
-                  before_fit=resume_hook(learn, ckpt, mid_stage) if resumed else None)
+        on_features = uses_frozen_features(stage, config)  # its optimiser is not the learner's: not restored
+        fit = fit_head_on_features if on_features else fit_stage
+        fit(learn, stage, suggestion, stage_cbs, start_epoch=first_epoch if mid_stage else 0,
+            before_fit=resume_hook(learn, ckpt, mid_stage and not on_features) if resumed else None)
     if ckpt is not None and first_stage >= len(plan): learn.model.load_state_dict(ckpt["model"])
 
 
