@@ -41,16 +41,25 @@ def label_strings(df):
     return df[classes].apply(lambda r: ";".join(c for c in classes if r[c] == 1) or "none", axis=1)
 
 
+def check_class_map(mapping, classes):
+    "A --classes mapping may only name classes the data has: a one-line error naming the others."
+    unknown = [k for k in mapping if k not in set(classes)]
+    if unknown: raise DataError(f"--classes names {unknown}, not among this data's classes {classes}")
+
+
+def relabel(df, mapping):
+    """The table with its classes renamed by `mapping` ({old: new}; classes not in it keep their name): the label
+    column of a single-label table, the label columns of a multi-label one. The one relabelling: `map_classes`
+    (training on a new label space) and evaluation's `onto_model` (scoring data on a model's classes) both use it."""
+    if is_multilabel(df): return df.rename(columns=mapping)
+    return df.assign(label=df["label"].astype(str).map(lambda c: mapping.get(c, c)))
+
+
 def map_classes(df, mapping, classes):
     """Rename/merge single-label classes: `mapping` is {old: new}; rows whose class is not in it are
     dropped. Returns (table, new class list in first-seen order of `mapping`)."""
-    new_classes = list(dict.fromkeys(mapping.values()))
-    known = set(classes)
-    unknown = [k for k in mapping if k not in known]
-    if unknown: raise DataError(f"--classes names {unknown}, not among this data's classes {classes}")
-    out = df[df["label"].isin(list(mapping))].copy()
-    out["label"] = out["label"].map(mapping)
-    return out, new_classes
+    check_class_map(mapping, classes)
+    return relabel(df[df["label"].isin(list(mapping))], mapping), list(dict.fromkeys(mapping.values()))
 
 
 def parse_class_map(spec):

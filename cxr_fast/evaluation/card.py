@@ -203,7 +203,7 @@ def render_card(meta, title=None):
              f"- starting weights: {facts['starting_weights']}",
              f"- written by cxr_fast {meta.get('cxr_fast_version', '?')}", "",
              "## Training data", "",
-             f"- sources: " + (", ".join(f"{k} ({v} images)" for k, v in (data.get("sources") or {}).items())
+             "- sources: " + (", ".join(f"{k} ({v} images)" for k, v in (data.get("sources") or {}).items())
                                or str(data.get("source"))),
              f"- task: {data.get('task')}; split: {data.get('split_method')}", "",
              *counts_table(data.get("counts")), ""]

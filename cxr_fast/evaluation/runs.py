@@ -14,7 +14,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
-import torch
 from fastai.callback.core import Callback
 
 from ..core.activations import activate
@@ -33,8 +32,7 @@ from .plots import dls_batches, read_history
 from .report import fmt, draw_figures, md_table, write_report
 from ..data.sources import get_source
 from ..data.table import absent_classes
-from ..data.labels import classes_of, is_multilabel, parse_class_map
-from ..data.labels import positive_index
+from ..data.labels import check_class_map, classes_of, is_multilabel, parse_class_map, positive_index, relabel
 from ..core.jsonio import write_atomic
 
 # ---- after a training run ------------------------------------------------------------------
@@ -172,22 +170,20 @@ def onto_model(table, model_classes, class_map=None):
     the model does not know are set aside, not guessed."""
     mapping = parse_class_map(class_map) or {}
     data_classes = classes_of(table)
-    unknown_keys = [k for k in mapping if k not in data_classes]
-    if unknown_keys: raise DataError(f"--classes names {unknown_keys}, not among this data's classes {data_classes}")
+    check_class_map(mapping, data_classes)
     bad = sorted({v for v in mapping.values() if v not in model_classes})
     if bad: raise DataError(f"--classes maps onto {bad}, which the model does not have; its classes are {model_classes}")
+    table = relabel(table, mapping)
     if is_multilabel(table):
-        table = table.rename(columns=mapping)
         labels = [mapping.get(c, c) for c in data_classes]
         shared = [c for c in model_classes if c in labels]
         unknown = {c: table[table[c] == 1] for c in labels if c not in model_classes}
         if not shared:
             raise DataError(f"none of this data's labels {labels} is a model label {model_classes}; map them with --classes")
         return table.reset_index(drop=True), shared, unknown, mapping
-    label = table["label"].astype(str).map(lambda c: mapping.get(c, c))
-    known = label.isin(model_classes)
-    unknown = {c: table[(label == c).to_numpy()].reset_index(drop=True) for c in dict.fromkeys(label[~known])}
-    part = table[known.to_numpy()].assign(label=label[known]).reset_index(drop=True)
+    known = table["label"].isin(model_classes)
+    unknown = {c: table[(table["label"] == c).to_numpy()].reset_index(drop=True) for c in dict.fromkeys(table["label"][~known])}
+    part = table[known.to_numpy()].reset_index(drop=True)
     if part.empty: raise DataError(f"no image of this data has a class the model knows ({model_classes}); "
                                    f"map them with --classes 'DATA_CLASS->MODEL_CLASS,...'")
     return part, list(model_classes), unknown, mapping

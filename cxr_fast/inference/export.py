@@ -36,7 +36,7 @@ from ..core.errors import CxrError
 from .inputs import collect_inputs
 from .predictor import Predictor
 from ..models.folder import find_model_dir
-from .onnx_file import DEFAULT_OPSET, EXPORT_TOLERANCE, _run, _with_metadata, ensure_onnx, export_fp32
+from .onnx_file import DEFAULT_OPSET, _run, _with_metadata, export_fp32
 
 INT8_OPS = ["Conv", "Add", "MaxPool", "Relu", "Clip"]  # the convolutional body; the head stays fp32
 

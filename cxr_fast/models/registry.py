@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import Callable
 
 import timm
-import torch
 from fastai.torch_core import apply_init
 from fastai.vision.all import imagenet_stats
 from fastai.vision.learner import create_head, model_meta, num_features_model
