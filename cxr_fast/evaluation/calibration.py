@@ -17,6 +17,7 @@ import math
 import warnings
 
 import numpy as np
+from scipy.special import log_softmax
 from sklearn.metrics import roc_curve
 
 from ..core.activations import activate as activation
@@ -74,9 +75,7 @@ def nll(logits, y, multilabel, temperature=1.0):
     y = np.asarray(y)
     if multilabel:  # log(1 + e^-z) for positives, log(1 + e^z) for negatives, stable
         return float(np.mean(np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)))
-    z = z - z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-log_p[np.arange(len(y)), y.astype(int)].mean())
+    return float(-log_softmax(z, axis=1)[np.arange(len(y)), y.astype(int)].mean())
 
 
 def _fit_one(loss):
