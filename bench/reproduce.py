@@ -160,6 +160,11 @@ def plan_epochs(plan):
     return " + ".join(str(s["epochs"]) for s in plan)
 
 
+def used_frozen_features(config):
+    "Whether a run trained a stage on frozen features: the option on and a head-only stage in its plan."
+    return bool(config.get("frozen_features")) and any(s.get("train") == "head" for s in config.get("plan") or [])
+
+
 def measured(run_dir):
     "The figures of one run folder: test split (else valid) metrics, bootstrap interval, backbone, size, epochs."
     run_dir = Path(run_dir)
@@ -174,7 +179,7 @@ def measured(run_dir):
            "weights": " ".join(str(weights.get(k)) for k in ("source", "package", "weights") if weights.get(k)),
            "image_size": config.get("size"), "epochs": plan_epochs(config.get("plan") or []),
            "precision": (config.get("precision_used") or {}).get("name") or config.get("precision"),
-           "frozen_features": bool(config.get("frozen_features")), "run_dir": str(run_dir)}
+           "frozen_features": used_frozen_features(config), "run_dir": str(run_dir)}
     if m.get("exact_match") is not None: out["exact_match"] = m["exact_match"]
     return out
 

@@ -50,7 +50,8 @@ def fake_run(name, plan, out, quick=False, log=print):
         metrics = {"test": {"n": 10, "accuracy": acc, "macro_f1": acc - 0.05, "auc": 0.9,
                             "per_class": {"Normal": {"recall": 0.8}, "Infected": {"recall": 0.6}},
                             "ci": {"accuracy": [acc - 0.1, acc + 0.1]}}}
-        config = {"arch": plan["arch"], "size": 224, "plan": [{"epochs": 10}], "start_weights": {"source": "pip package"}}
+        config = {"arch": plan["arch"], "size": 224, "plan": [{"train": "head" if i == 0 else "all", "epochs": 10}],
+                  "frozen_features": True, "start_weights": {"source": "pip package"}}
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         (run_dir / "config.json").write_text(json.dumps(config))
         runs[v["variant"]] = {"run_dir": str(run_dir)}
@@ -75,12 +76,13 @@ def test_documents_hold_only_what_was_measured_and_a_rerun_skips_it(tmp_path, mo
                                             "epochs"} <= set(v)
     assert entry["backbone"] == reproduce.SUBSTITUTE and entry["cpu_minutes"] == 1.5 and entry["machine"]["cpu_model"]
     assert entry["conclusion"].startswith("holds: all 0.900 vs fc 0.700")
+    assert [k for k, v in entry["variants"].items() if v["frozen_features"]] == ["fc"]  # the head-only run
     md = doc_json.with_suffix(".md").read_text()
     assert "0.900 (0.800-1.000)" in md and f"in place of resnet18" in md
     assert md.count("not run yet") == sum(len(ORIGINALS[n]["variants"]) for n in ("vgg16", "multilabel",
                                                                                   "resnet50-coronahack",
                                                                                   "densenet121-3class"))
-    assert "densenet121-siim" in md and "DICOM" in md
+    assert "densenet121-siim" in md and "DICOM" in md and "Frozen-feature head training: fc" in md
     reproduce.main(args)  # resumed: the recorded recipe is not run again
     assert calls == ["resnet18"]
 
