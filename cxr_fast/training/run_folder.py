@@ -131,6 +131,7 @@ def run_fast_audit(table, run_dir):
         return None
     write_audit(result, run_dir)
     print(f"shortcut audit ({result['verdict']['level']}): {result['verdict']['text']} ({run_dir / 'audit.md'})")
+    if result["verdict"].get("advice"): print(result["verdict"]["advice"])
     return result
 
 
