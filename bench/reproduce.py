@@ -17,7 +17,6 @@ pip-installable EfficientNet-Lite0 (SUBSTITUTE), and the layers it names on ResN
 (`map_layers`); a machine with the original weights runs the original architecture with the same command.
 """
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from reproduce_originals import NONE, ORIGINALS  # noqa: E402
+from reproduce_originals import ORIGINALS  # noqa: E402
 
 from cxr_fast.core.jsonio import read_json, write_atomic, write_json  # noqa: E402
 from cxr_fast.core.machine import machine_info  # noqa: E402
@@ -261,7 +260,7 @@ def recipe_section(name, entry):
             ["not run yet"] + [""] * 7
         rows.append([f"{ov['variant']}: {ov['what']}", pct(ov["accuracy"]), str(ov["f1"]), *ours])
     lines += md_table(HEADER, rows) + [""]
-    lines += [f"- Original figures: " + "; ".join(f"{v['variant']}: {v['quote']}" for v in o["variants"])]
+    lines += ["- Original figures: " + "; ".join(f"{v['variant']}: {v['quote']}" for v in o["variants"])]
     if o.get("not_run"): lines.append(f"- Not run: {o['not_run']}")
     if o.get("also"): lines.append(f"- Also: {o['also']}")
     lines.append(f"- Original conclusion: {o['conclusion']['text']}.")

@@ -78,7 +78,7 @@ def test_documents_hold_only_what_was_measured_and_a_rerun_skips_it(tmp_path, mo
     assert entry["conclusion"].startswith("holds: all 0.900 vs fc 0.700")
     assert [k for k, v in entry["variants"].items() if v["frozen_features"]] == ["fc"]  # the head-only run
     md = doc_json.with_suffix(".md").read_text()
-    assert "0.900 (0.800-1.000)" in md and f"in place of resnet18" in md
+    assert "0.900 (0.800-1.000)" in md and "in place of resnet18" in md
     assert md.count("not run yet") == sum(len(ORIGINALS[n]["variants"]) for n in ("vgg16", "multilabel",
                                                                                   "resnet50-coronahack",
                                                                                   "densenet121-3class"))
