@@ -37,7 +37,7 @@ from cxr_fast.core.jsonio import read_json, write_json  # noqa: E402
 from cxr_fast.core.machine import machine_info  # noqa: E402
 from cxr_fast.data.images import dhash, load_image  # noqa: E402
 from cxr_fast.evaluation.report import fmt, md_table  # noqa: E402
-from cxr_fast.data.table import NEAR_DUPLICATE_BITS, read_table  # noqa: E402
+from cxr_fast.data.table import NEAR_DUPLICATE_BITS, hash_distances, hash_rows, read_table  # noqa: E402
 from cxr_fast.training.run import train  # noqa: E402
 
 ACQUISITION = dict(resize_method="pad", jpeg_quality="30:95", preprocessing="standardize")
@@ -60,16 +60,12 @@ def auroc(y, score):
     return float(roc_auc_score(y, score)) if 0 < y.sum() < len(y) else None
 
 
-def hashes(paths):
-    "dhash of each image, as rows of uint64 words (for Hamming distances)."
-    return np.stack([np.frombuffer(dhash(load_image(p)), dtype=np.uint64) for p in paths])
-
-
 def copies(paths, of_paths):
     "For each image of `paths`, whether it is a copy (dhash within NEAR_DUPLICATE_BITS) of one of `of_paths`."
     if not len(of_paths): return np.zeros(len(paths), dtype=bool)
-    dist = np.bitwise_count(np.bitwise_xor(hashes(paths)[:, None, :], hashes(of_paths)[None, :, :])).sum(axis=2)
-    return (dist <= NEAR_DUPLICATE_BITS).any(axis=1)
+    def rows(ps): return hash_rows([dhash(load_image(p)) for p in ps])
+    theirs = rows(of_paths)
+    return np.array([(hash_distances(theirs, h) <= NEAR_DUPLICATE_BITS).any() for h in rows(paths)], dtype=bool)
 
 
 def cross_source(run_dir, hack_root):

@@ -69,13 +69,23 @@ def shared_patients(df):
     return [problem("shared_patient", None, f"patient {pid} is in {', '.join(s)}") for pid, s in splits.items() if len(s) > 1]
 
 
+def hash_rows(hashes):
+    "dhash bytes (images.dhash) as rows of uint64 words, for Hamming distances."
+    return np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(len(hashes), -1)
+
+
+def hash_distances(rows, row):
+    "Hamming distance in bits between each of `rows` (hash_rows) and one `row`."
+    return np.bitwise_count(np.bitwise_xor(rows, row)).sum(axis=-1)
+
+
 def near_duplicate_pairs(df, hashes, max_bits=NEAR_DUPLICATE_BITS):
     "Pairs (i, j), i < j, of row positions in different splits whose hashes differ by at most `max_bits`."
-    h = np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(len(hashes), -1)
+    h = hash_rows(hashes)
     split = df["split"].to_numpy()
     pairs = []
     for i in range(len(h) - 1):
-        dist = np.bitwise_count(np.bitwise_xor(h[i + 1:], h[i])).sum(axis=1)
+        dist = hash_distances(h[i + 1:], h[i])
         close = np.nonzero((dist <= max_bits) & (split[i + 1:] != split[i]))[0] + i + 1
         pairs += [(i, int(j)) for j in close]
     return pairs
