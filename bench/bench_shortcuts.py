@@ -11,8 +11,14 @@ For an experiment (the pretrained or the from-scratch DarkCovidNet recipe) and a
   figures (`*_unseen`) use only the copies of images in the run's held-out test split (about 10 per seed): Covid-19
   vs Normal AUROC and Covid-19 recall on COVID-19 images the model never saw; the all-image AUROC is kept for the
   record, labelled as including training images;
+- and back (experiment `hack-pretrained`): trained on CoronaHack, scored on DarkCovidNet's NIH images (Pneumonia vs
+  No_findings AUROC, the share called COVID-19) and on its Covid-19 images that are not copies of a CoronaHack one;
+- `--audit`: `cxr_fast audit RUN_DIR` on runs already trained (its probes under the run's own preprocessing,
+  Grad-CAM outside the central field, file facts).
 
     python bench/bench_shortcuts.py --experiments pretrained --mitigations none,all --seeds 42,1,2
+    python bench/bench_shortcuts.py --experiments 'pretrained[size=224]' --mitigations border --seeds 42
+    python bench/bench_shortcuts.py --experiments pretrained --mitigations none,border --seeds 42 --audit
 
 Resumable: a (experiment, mitigation, seed) already in --out is not run again. Results: --out (JSON) and the
 markdown table beside it, with the machine.
@@ -46,13 +52,34 @@ MITIGATIONS = {  # each on top of the recipe's configuration with the mitigation
     "acquisition": ACQUISITION,                       # one acquisition path: pad, JPEG at random quality, intensity
     "border": {"resize_method": "squish", "jpeg_quality": None, "preprocessing": "crop-field"},  # the central field only
     "all": {**ACQUISITION, "preprocessing": "standardize+crop-field"},
+    # the central field, then its histogram equalised: contrast evened out between sources on the lungs, not the border
+    "border-equalize": {"resize_method": "squish", "jpeg_quality": None, "preprocessing": "crop-field+equalize"},
 }
 
 
+BACK = "hack-"  # 'hack-pretrained': the reverse direction, trained on CoronaHack and scored on DarkCovidNet
+BACK_SIZE, BACK_EPOCHS = 128, 4  # bench_cross_source.py's CoronaHack part: 5,300 training images, kept short
+
+
 def experiment_config(name):
-    if name == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class")
-    if name == "scratch": return {**darkcovidnet_scratch.BEST, "bf16": None}
-    sys.exit(f"--experiments takes pretrained and/or scratch, not {name!r}")
+    """train() keywords of an experiment: 'pretrained' or 'scratch' (the recipes' configurations), either one with
+    changed options in brackets, e.g. 'pretrained[size=224]' or 'pretrained[size=224;arch=tf_efficientnet_lite2]';
+    'hack-pretrained' is the pretrained configuration at BACK_SIZE px, head 2 + all BACK_EPOCHS epochs, for the
+    reverse direction."""
+    base, _, changes = name.partition("[")
+    if base == "pretrained": config = darkcovidnet_pretrained.fit_config("best", "3class")
+    elif base == BACK + "pretrained":
+        config = darkcovidnet_pretrained.fit_config("best", "3class", size=BACK_SIZE, epochs=BACK_EPOCHS)
+    elif base == "scratch": config = {**darkcovidnet_scratch.BEST, "bf16": None}
+    else: sys.exit(f"--experiments takes pretrained, scratch and/or {BACK}pretrained (optionally [option=value;...]), "
+                   f"not {name!r}")
+    for change in filter(None, changes.rstrip("]").split(";")):
+        key, _, value = change.partition("=")
+        if key not in config: sys.exit(f"{name}: {key!r} is not one of the experiment's options ({', '.join(config)})")
+        old = config[key]
+        config[key] = (value.lower() in ("1", "true") if isinstance(old, bool) else
+                       type(old)(value) if isinstance(old, (int, float)) else value)
+    return config
 
 
 def auroc(y, score):
@@ -96,16 +123,51 @@ def cross_source(run_dir, hack_root):
             "test_pneumonia_vs_normal_auroc": auroc(hack["label"][test] == "Pneumonia", pn[test]), "n_test": int(test.sum())}
 
 
+def back_cross_source(run_dir, dark_root, hack_root):
+    """The reverse direction: the CoronaHack model of `run_dir` on all of DarkCovidNet (adult NIH Normal/Pneumonia;
+    Covid-19 from Cohen et al.'s collection). Pneumonia vs No_findings AUROC over the NIH images (the disease, within
+    one other hospital), the share of NIH images called COVID-19, and Covid-19 vs No_findings AUROC over the
+    DarkCovidNet Covid-19 images that are not copies of a CoronaHack image (never seen in training)."""
+    dark = load_table("folders", dark_root, "folders", valid_pct=0.0, dedup="off", check=False)
+    preds = load_model(Path(run_dir) / "model").predict(dark["path"].tolist()).set_index("path")
+    dark = dark[dark["path"].isin(preds.index[preds["error"].fillna("").astype(str) == ""])]
+    p = preds.loc[dark["path"]]
+    hack = load_table("coronahack", hack_root, "3class", valid_pct=0.0, dedup="off", check=False)
+    covid = (dark["label"] == "Covid-19").to_numpy()
+    unseen = covid.copy()
+    unseen[covid] = ~copies(dark["path"][covid].tolist(), hack.loc[hack["label"] == "COVID-19", "path"].tolist())
+    nih = dark["label"].isin(["No_findings", "Pneumonia"]).to_numpy()
+    normal = (dark["label"] == "No_findings").to_numpy()
+    pn = p["p_Pneumonia"] / (p["p_Pneumonia"] + p["p_Normal"])
+    return {"nih_pneumonia_vs_normal_auroc": auroc(dark["label"][nih] == "Pneumonia", pn[nih]),
+            "nih_called_covid": float((p["pred"][nih] == "COVID-19").mean()), "n_nih": int(nih.sum()),
+            "covid_vs_normal_auroc_unseen": auroc(unseen[unseen | normal], p["p_COVID-19"][unseen | normal]),
+            "covid_recall_unseen": float((p["pred"][unseen] == "COVID-19").mean()), "n_covid_unseen": int(unseen.sum())}
+
+
 def in_source(metrics):
     test = metrics["test"]
     return {"accuracy": test["accuracy"], "covid_auroc": test["per_class"]["Covid-19"]["auc"],
             "covid_recall": test["per_class"]["Covid-19"]["recall"], "n": test["n"]}
 
 
+def back_in_source(metrics):
+    "A CoronaHack model's own figures: Kaggle TEST accuracy (Normal/Pneumonia) and its few valid COVID-19 images."
+    test, valid = metrics["test"], metrics["valid"]
+    return {"accuracy": test["accuracy"], "pneumonia_auroc": test["per_class"]["Pneumonia"]["auc"],
+            "valid_covid_recall": valid["per_class"]["COVID-19"]["recall"], "n": test["n"]}
+
+
 def run_one(a, experiment, mitigation, seed):
     config = {**experiment_config(experiment), **MITIGATIONS[mitigation], "seed": seed, "overwrite": True, "audit": False}
     run_dir = Path(a.runs) / f"{experiment}-{mitigation}-{seed}"
     start = time.time()
+    if experiment.startswith(BACK):  # trained on CoronaHack (its Kaggle TEST as test), scored on DarkCovidNet
+        metrics = train(source="coronahack", root=a.hack, task="3class", valid_pct=0.1, out=run_dir, **config)
+        minutes = round((time.time() - start) / 60, 1)
+        return {"in_source": back_in_source(metrics), "cross_source": back_cross_source(run_dir, a.dark, a.hack),
+                "train_minutes": minutes, "config": {k: str(v) for k, v in MITIGATIONS[mitigation].items()},
+                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     metrics = train(source="folders", root=a.dark, task="folders", classes=darkcovidnet_pretrained.TASK_CLASSES["3class"],
                     valid_pct=0.1, test_pct=0.2, out=run_dir, **config)
     minutes = round((time.time() - start) / 60, 1)
@@ -126,7 +188,42 @@ COLUMNS = {  # column: (figure of one run's result, what the column says)
 }
 
 
-def mean_rows(results):
+def audit_figures(run_dir):
+    """The audit of a trained run (`cxr_fast audit RUN_DIR`, written to RUN_DIR/audit): its short probes trained with
+    the run's own preprocessing (so under crop-field, "border only" is the border of the cropped field the model
+    sees), Grad-CAM's share outside the central field, and the file facts (the same files whatever the mitigation)."""
+    from cxr_fast.apps.audit.core import audit
+    a = audit(str(run_dir), out=Path(run_dir) / "audit")
+    pixel, cam = a.get("pixel") or {}, a.get("gradcam") or {}
+    def covid(probe): return ((pixel.get(probe) or {}).get("auroc") or {}).get("Covid-19")
+    return {"file_facts_covid_auroc": ((a.get("file_facts") or {}).get("auroc") or {}).get("Covid-19"),
+            "border_only_covid_auroc": covid("border_only"), "center_only_covid_auroc": covid("center_only"),
+            "full_probe_covid_auroc": covid("full"), "gradcam_outside_share": cam.get("outside_share"),
+            "probe": f"{(pixel.get('config') or {}).get('size')} px, {pixel.get('split')} split",
+            "gradcam_uniform_share": cam.get("uniform_share"), "verdict": (a.get("verdict") or {}).get("level")}
+
+
+AUDIT_COLUMNS = {
+    "probe: border only Covid-19 AUROC": (lambda r: r["audit"]["border_only_covid_auroc"]),
+    "probe: central field only Covid-19 AUROC": (lambda r: r["audit"]["center_only_covid_auroc"]),
+    "probe: full Covid-19 AUROC": (lambda r: r["audit"]["full_probe_covid_auroc"]),
+    "Grad-CAM mass outside the central field": (lambda r: r["audit"]["gradcam_outside_share"]),
+    "file facts Covid-19 AUROC": (lambda r: r["audit"]["file_facts_covid_auroc"]),
+    "verdict": (lambda r: r["audit"]["verdict"]),
+}
+
+
+BACK_COLUMNS = {  # the reverse direction: a CoronaHack model on DarkCovidNet
+    "in-source TEST acc (Normal/Pneumonia)": (lambda r: r["in_source"]["accuracy"]),
+    "in-source TEST Pneumonia AUROC": (lambda r: r["in_source"]["pneumonia_auroc"]),
+    "NIH Pneumonia vs No_findings AUROC": (lambda r: r["cross_source"]["nih_pneumonia_vs_normal_auroc"]),
+    "NIH (no COVID-19) called COVID-19": (lambda r: r["cross_source"]["nih_called_covid"]),
+    "DarkCovidNet unseen Covid-19 vs No_findings AUROC": (lambda r: r["cross_source"]["covid_vs_normal_auroc_unseen"]),
+    "DarkCovidNet unseen Covid-19 recall": (lambda r: r["cross_source"]["covid_recall_unseen"]),
+}
+
+
+def mean_rows(results, columns=COLUMNS):
     "One row per experiment / mitigation: the mean of each column over its seeds, and the seeds."
     groups = {}
     for key, r in results.items():
@@ -134,14 +231,16 @@ def mean_rows(results):
         groups.setdefault(f"{experiment} / {mitigation}", []).append((seed, r))
     rows = []
     for name, runs in groups.items():
-        values = [[f(r) for _, r in runs] for f in COLUMNS.values()]
+        values = [[f(r) for _, r in runs] for f in columns.values()]
         rows.append([name, ",".join(s for s, _ in runs),
                      *[fmt(float(np.mean([v for v in vs if v is not None]))) if any(v is not None for v in vs) else "-"
                        for vs in values]])
     return rows
 
 
-def markdown(results, machine):
+def markdown(all_results, machine):
+    results = {k: r for k, r in all_results.items() if not k.startswith(BACK)}
+    back = {k: r for k, r in all_results.items() if k.startswith(BACK)}
     rows = [[key, *[fmt(f(r)) for f in COLUMNS.values()], str(r["train_minutes"])] for key, r in results.items()]
     lines = ["# Shortcut mitigations: in-source cost, cross-source effect", "",
              f"Machine: {machine.get('cpu_model')}, {machine.get('cores')} cores, torch {machine.get('torch')}.",
@@ -151,6 +250,26 @@ def markdown(results, machine):
              "Mitigations: " + "; ".join(f"`{k}` = {v}" for k, v in MITIGATIONS.items()) + ".", "",
              "## Means over seeds", "", *md_table(["experiment / mitigation", "seeds", *COLUMNS], mean_rows(results)), "",
              "## Each run", "", *md_table(["experiment / mitigation / seed", *COLUMNS, "train min"], rows), ""]
+    if back:
+        lines += ["## And back: trained on CoronaHack, scored on DarkCovidNet", "",
+                  f"`{BACK}pretrained`: the pretrained configuration at {BACK_SIZE} px, head 2 + all {BACK_EPOCHS} "
+                  "epochs, trained on CoronaHack 3-class (TRAIN, 10% of it as valid; Kaggle TEST as test). On "
+                  "DarkCovidNet: the NIH images (adults, another hospital) and the Covid-19 images that are not "
+                  "copies of a CoronaHack one (never seen in training).", "",
+                  *md_table(["experiment / mitigation", "seeds", *BACK_COLUMNS], mean_rows(back, BACK_COLUMNS)), "",
+                  *md_table(["experiment / mitigation / seed", *BACK_COLUMNS, "train min"],
+                            [[k, *[fmt(f(r)) for f in BACK_COLUMNS.values()], str(r["train_minutes"])]
+                             for k, r in back.items()]), ""]
+    audited = {key: r for key, r in results.items() if r.get("audit")}
+    if audited:
+        lines += ["## The audit of each run (`--audit`)", "",
+                  "`python -m cxr_fast audit RUN_DIR` on the trained run: its probes (same options and preprocessing "
+                  "as the run, short: " + next(iter(audited.values()))["audit"]["probe"] + ") on the border only, "
+                  "the central field only and the full image; Grad-CAM over its test split (a uniform map: "
+                  f"{next(iter(audited.values()))['audit']['gradcam_uniform_share']}; under crop-field the share "
+                  "outside the central field of the crop the model sees).", "",
+                  *md_table(["experiment / mitigation / seed", *AUDIT_COLUMNS],
+                            [[key, *[fmt(f(r)) for f in AUDIT_COLUMNS.values()]] for key, r in audited.items()]), ""]
     return "\n".join(lines)
 
 
@@ -161,6 +280,8 @@ def main():
     p.add_argument("--seeds", default="42")
     p.add_argument("--rescore", action="store_true", help="recompute the cross-source figures of runs already trained")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown from the JSON")
+    p.add_argument("--audit", action="store_true", help="audit the trained runs of these experiments, mitigations "
+                   "and seeds (probes under the run's preprocessing, Grad-CAM); trains nothing new")
     a = p.parse_args()
     saved = read_json(a.out) or {}
     results, machine = saved.get("results", {}), machine_info()
@@ -169,9 +290,20 @@ def main():
         return
     if a.rescore:
         for key, r in results.items():
-            r["cross_source"] = cross_source(Path(a.runs) / key.replace(" / ", "-"), a.hack)
+            run_dir = Path(a.runs) / key.replace(" / ", "-")
+            r["cross_source"] = (back_cross_source(run_dir, a.dark, a.hack) if key.startswith(BACK)
+                                 else cross_source(run_dir, a.hack))
         write_json(a.out, {"results": results, "machine": machine})
         Path(a.out).with_suffix(".md").write_text(markdown(results, machine))
+        return
+    if a.audit:
+        for key in [k for k in results if k.split(" / ")[0] in a.experiments.split(",")
+                    and k.split(" / ")[1] in a.mitigations.split(",") and k.split(" / ")[2] in a.seeds.split(",")]:
+            if results[key].get("audit"): continue  # resumable
+            results[key]["audit"] = audit_figures(Path(a.runs) / key.replace(" / ", "-"))
+            write_json(a.out, {"results": results, "machine": machine})
+            Path(a.out).with_suffix(".md").write_text(markdown(results, machine))
+            print(key, json.dumps(results[key]["audit"]), flush=True)
         return
     for experiment in a.experiments.split(","):
         for mitigation in a.mitigations.split(","):

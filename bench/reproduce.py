@@ -164,6 +164,24 @@ def used_frozen_features(config):
     return bool(config.get("frozen_features")) and any(s.get("train") == "head" for s in config.get("plan") or [])
 
 
+def stage_end_accuracy(run_dir):
+    "[(what the stage trained, its last epoch's valid accuracy)] from the run's history.csv, stage by stage."
+    import csv
+    path = Path(run_dir) / "history.csv"
+    if not path.exists(): return []
+    ends = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("accuracy"): ends[row["stage"]] = (row["trains"], float(row["accuracy"]))
+    return [ends[k] for k in sorted(ends, key=int)]
+
+
+def audit_verdict(run_dir):
+    "The training table's shortcut audit (train's fast audit, RUN/audit.json): its level and verdict in words."
+    v = (read_json(Path(run_dir) / "audit.json") or {}).get("verdict") or {}
+    return {"level": v.get("level"), "text": v.get("text")} if v else None
+
+
 def measured(run_dir):
     "The figures of one run folder: test split (else valid) metrics, bootstrap interval, backbone, size, epochs."
     run_dir = Path(run_dir)
@@ -178,7 +196,8 @@ def measured(run_dir):
            "weights": " ".join(str(weights.get(k)) for k in ("source", "package", "weights") if weights.get(k)),
            "image_size": config.get("size"), "epochs": plan_epochs(config.get("plan") or []),
            "precision": (config.get("precision_used") or {}).get("name") or config.get("precision"),
-           "frozen_features": used_frozen_features(config), "run_dir": str(run_dir)}
+           "frozen_features": used_frozen_features(config), "stages": stage_end_accuracy(run_dir),
+           "audit": audit_verdict(run_dir), "run_dir": str(run_dir)}
     if m.get("exact_match") is not None: out["exact_match"] = m["exact_match"]
     return out
 
@@ -215,8 +234,13 @@ def conclusion(name, variants):
         v = next(iter(variants.values()))
         lo, hi = (v.get("ci") or {}).get("accuracy") or (None, None)
         inside = lo is not None and lo <= c["figure"] <= hi
-        return (f"{'holds' if inside else 'does not hold'}: ours {v['accuracy']:.3f} "
-                f"(95% CI {fmt(lo)}-{fmt(hi)}) vs the original's {c['figure']:.3f}")
+        figure = f"ours {v['accuracy']:.3f} (95% CI {fmt(lo)}-{fmt(hi)}) vs the original's {c['figure']:.3f}"
+        head = next((acc for trains, acc in v.get("stages") or [] if trains == "head"), None)
+        if "head_figure" not in c or head is None: return f"{'holds' if inside else 'does not hold'}: {figure}"
+        lifted = v["accuracy"] > head  # the original's claim is the lift from the frozen stage, not the last figure
+        return (f"{'holds' if inside and lifted else 'does not hold'}: {figure}; the head stage on the frozen body "
+                f"ended at {head:.3f} (valid) here, the original's at {c['head_figure']:.4g}: "
+                + ("the unfrozen stage lifted it" if lifted else "nothing left for the unfrozen stage to lift"))
     metric = c.get("metric", "accuracy")
     better, worse = variants[c["better"]], variants[c["worse"]]
     holds = better[metric] > worse[metric]
@@ -277,6 +301,10 @@ def recipe_section(name, entry):
         frozen = [k for k, v in entry["variants"].items() if v.get("frozen_features")]
         lines.append("- Frozen-feature head training: " + (", ".join(frozen) if frozen else "not used"))
     lines.append(f"- Our data: {DATA_DIFFERENCES[name]}")
+    audits = {(v.get("audit") or {}).get("text") for v in (entry or {}).get("variants", {}).values()
+              if (v.get("audit") or {}).get("level") in ("shortcut", "warning")}
+    if audits: lines.append("- Shortcut audit of the training table (`cxr_fast audit`): " + " ".join(sorted(audits))
+                            + " A figure on this split measures where the images came from as much as the disease.")
     return lines + [""]
 
 
@@ -374,6 +402,8 @@ def parse_args(argv=None):
     p.add_argument("--end-to-end", action="store_true", help="train head-only stages end to end, with augmentation "
                    "(default: on the frozen body's features, computed once; train's frozen_features)")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON; run nothing")
+    p.add_argument("--recollect", action="store_true", help="read the recorded recipes' figures again from their run "
+                   "folders under --work (after a change to what is collected); train nothing")
     return p.parse_args(argv)
 
 
@@ -388,7 +418,14 @@ def main(argv=None):
     if unknown: raise SystemExit(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
     if not a.report_only and not Path(a.data_root).is_dir():
         raise SystemExit(f"--data-root {a.data_root} not found: the shared real data (../shared/data)")
-    for name in [] if a.report_only else names:
+    for name in names if a.recollect else []:
+        out = Path(a.work) / name
+        if name not in doc["recipes"] or not (out / "attempts.json").exists(): continue  # nothing recorded to reread
+        plan = recipe_plan(name, a.data_root, frozen_features=not a.end_to_end)
+        doc["recipes"][name] = {**collect(name, out, plan, read_json(out / "attempts.json")),
+                                "quick": doc["recipes"][name].get("quick", False)}
+        print(f"{name}: {doc['recipes'][name]['conclusion']} (recollected)")
+    for name in [] if a.report_only or a.recollect else names:
         if name in doc["recipes"]:
             print(f"{name}: recorded in {json_path}, skipped")
             continue

@@ -87,6 +87,33 @@ def test_documents_hold_only_what_was_measured_and_a_rerun_skips_it(tmp_path, mo
     assert calls == ["resnet18"]
 
 
+def test_a_lift_claim_is_judged_on_the_head_stage_and_recollect_rereads_run_folders(tmp_path, monkeypatch):
+    "resnet50-coronahack's original claims the unfrozen stage lifts 0.9375 -> 1.0: a head stage already at 1.0 is no lift."
+    monkeypatch.setattr(reproduce, "run_recipe", fake_run)
+    monkeypatch.setattr(reproduce, "weights_available", lambda arch: False)
+    doc_json = tmp_path / "r.json"
+    args = ["--recipes", "resnet50-coronahack", "--data-root", str(tmp_path), "--work", str(tmp_path / "w"),
+            "--json", str(doc_json)]
+    reproduce.main(args)
+    run_dir = Path(json.loads(doc_json.read_text())["recipes"]["resnet50-coronahack"]["variants"]["head-then-all"]["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["valid"] = {**metrics.pop("test"), "accuracy": 1.0, "ci": {"accuracy": [1.0, 1.0]}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    def history(head_end):
+        (run_dir / "history.csv").write_text("stage,trains,epoch,train_loss,valid_loss,accuracy\n"
+                                             f"1,head,0,0.5,0.4,0.8\n1,head,1,0.3,0.2,{head_end}\n2,all,0,0.2,0.1,1.0\n")
+    (run_dir / "audit.json").write_text(json.dumps({"verdict": {"level": "shortcut", "text": "COVID-19 is predictable "
+                                                                "from file facts alone (AUROC 0.97)."}}))
+    for head_end, verdict in ((1.0, "does not hold"), (0.9, "holds")):
+        history(head_end)
+        reproduce.main(args + ["--recollect"])
+        entry = json.loads(doc_json.read_text())["recipes"]["resnet50-coronahack"]
+        assert entry["conclusion"].startswith(verdict + ": ours 1.000"), entry["conclusion"]
+        assert f"ended at {head_end:.3f}" in entry["conclusion"]
+    md = doc_json.with_suffix(".md").read_text()
+    assert "Shortcut audit of the training table" in md and "file facts alone (AUROC 0.97)" in md
+
+
 def test_a_failed_recipe_is_not_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "run_recipe", lambda *a, **k: {"rc": 1, "cpu_minutes": 0.1, "wall_minutes": 0.1})
     monkeypatch.setattr(reproduce, "weights_available", lambda arch: True)

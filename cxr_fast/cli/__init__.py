@@ -52,8 +52,8 @@ def main(argv=None):
     except CxrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except fire.core.FireExit as e:
-        return e.code
+    except fire.core.FireExit as e:  # `train --help`: Fire shows the help on its "SOURCE ROOT missing" path (exit
+        return 0 if {"-h", "--help"} & set(rest) else e.code  # 2); asked for, the help is an answer, not an error
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,46 @@
+"""bench/bench_shortcuts.py (`make bench-shortcuts`): experiments with changed options, and the report's tables."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_shortcuts as bench  # noqa: E402
+
+
+def test_an_experiment_takes_changed_options_in_brackets():
+    base = bench.experiment_config("pretrained")
+    changed = bench.experiment_config("pretrained[size=224;train_bn=true;arch=tf_efficientnet_lite2]")
+    assert base["size"] == 160 and changed["size"] == 224 and changed["train_bn"] is True
+    assert changed["arch"] == "tf_efficientnet_lite2" and changed["plan"] == base["plan"]
+    back = bench.experiment_config("hack-pretrained")
+    assert back["size"] == bench.BACK_SIZE and f"all:{bench.BACK_EPOCHS}@" in back["plan"]
+    with pytest.raises(SystemExit, match="'sise' is not one of the experiment's options"):
+        bench.experiment_config("pretrained[sise=224]")
+    with pytest.raises(SystemExit, match="not 'pretrianed'"):
+        bench.experiment_config("pretrianed")
+
+
+def forward(acc, unseen):
+    return {"in_source": {"accuracy": acc, "covid_auroc": 0.98, "covid_recall": 0.9, "n": 180},
+            "cross_source": {"covid_vs_normal_auroc_unseen": unseen, "covid_recall_unseen": 0.9, "covid_vs_normal_auroc": 0.9,
+                             "test_called_covid": 0.4, "test_pneumonia_vs_normal_auroc": 0.4},
+            "train_minutes": 3.0}
+
+
+def test_report_means_seeds_and_keeps_the_reverse_direction_and_the_audits_apart():
+    results = {"pretrained / border / 42": forward(0.8, 0.7), "pretrained / border / 1": forward(0.7, 0.9),
+               "hack-pretrained / none / 42": {
+                   "in_source": {"accuracy": 0.8, "pneumonia_auroc": 0.9, "valid_covid_recall": 1.0, "n": 624},
+                   "cross_source": {"nih_pneumonia_vs_normal_auroc": 0.61, "nih_called_covid": 0.25,
+                                    "covid_vs_normal_auroc_unseen": 0.77, "covid_recall_unseen": 0.3},
+                   "train_minutes": 8.0}}
+    results["pretrained / border / 42"]["audit"] = {
+        "border_only_covid_auroc": 0.88, "center_only_covid_auroc": 0.9, "full_probe_covid_auroc": 0.95,
+        "gradcam_outside_share": 0.3, "gradcam_uniform_share": 0.51, "file_facts_covid_auroc": 1.0,
+        "probe": "128 px, test split", "verdict": "shortcut"}
+    md = bench.markdown(results, {"cpu_model": "test CPU", "cores": 2})
+    means, back = md.split("## Each run")[0], md.split("## And back")[1]
+    assert "| pretrained / border | 42,1 | 0.750 |" in means and "| 0.800 |" in means  # unseen mean of 0.7, 0.9
+    assert "hack-pretrained" not in means and "| hack-pretrained / none | 42 | 0.800 | 0.900 | 0.610 | 0.250 |" in back
+    assert "| pretrained / border / 42 | 0.880 | 0.900 | 0.950 | 0.300 | 1.000 | shortcut |" in md
