@@ -95,19 +95,23 @@ def copies(paths, of_paths):
     return np.array([(hash_distances(theirs, h) <= NEAR_DUPLICATE_BITS).any() for h in rows(paths)], dtype=bool)
 
 
+def predicted(run_dir, table):
+    "The run's model on `table`'s images: (the rows it could read, their predictions in the same order)."
+    preds = load_model(Path(run_dir) / "model").predict(table["path"].tolist()).set_index("path")
+    readable = preds.index[preds["error"].fillna("").astype(str) == ""]  # an error row names why; others have ""
+    table = table[table["path"].isin(readable)]
+    return table, preds.loc[table["path"]]
+
+
 def cross_source(run_dir, hack_root):
     """The DarkCovidNet model of `run_dir` on CoronaHack: Covid-19 vs Normal AUROC and Covid-19 recall (on all
     CoronaHack COVID-19 images, and on the unseen ones: copies of the run's test images), Covid-19 calls on TEST,
     Pneumonia vs Normal AUROC."""
-    model_dir = Path(run_dir) / "model"
     ours = read_table(Path(run_dir) / "table.csv")
     held_out = ours.loc[(ours["split"] == "test") & (ours["label"] == "Covid-19"), "path"].tolist()
     hack = load_table("coronahack", hack_root, "3class", valid_pct=0.0, dedup="off", check=False)
     hack = hack[hack["label"].isin(["COVID-19", "Normal"]) | (hack["split"] == "test")]  # the rows the figures use
-    preds = load_model(model_dir).predict(hack["path"].tolist()).set_index("path")
-    readable = preds.index[preds["error"].fillna("").astype(str) == ""]  # an error row names why; others have ""
-    hack = hack[hack["path"].isin(readable)]
-    p = preds.loc[hack["path"]]
+    hack, p = predicted(run_dir, hack)
     covid_normal = hack["label"].isin(["COVID-19", "Normal"]).to_numpy()
     covid = (hack["label"] == "COVID-19").to_numpy()
     unseen = covid.copy()
@@ -129,9 +133,7 @@ def back_cross_source(run_dir, dark_root, hack_root):
     one other hospital), the share of NIH images called COVID-19, and Covid-19 vs No_findings AUROC over the
     DarkCovidNet Covid-19 images that are not copies of a CoronaHack image (never seen in training)."""
     dark = load_table("folders", dark_root, "folders", valid_pct=0.0, dedup="off", check=False)
-    preds = load_model(Path(run_dir) / "model").predict(dark["path"].tolist()).set_index("path")
-    dark = dark[dark["path"].isin(preds.index[preds["error"].fillna("").astype(str) == ""])]
-    p = preds.loc[dark["path"]]
+    dark, p = predicted(run_dir, dark)
     hack = load_table("coronahack", hack_root, "3class", valid_pct=0.0, dedup="off", check=False)
     covid = (dark["label"] == "Covid-19").to_numpy()
     unseen = covid.copy()

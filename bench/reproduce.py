@@ -29,7 +29,8 @@ from reproduce_originals import ORIGINALS  # noqa: E402
 
 from cxr_fast.core.jsonio import read_json, write_atomic, write_json  # noqa: E402
 from cxr_fast.core.machine import machine_info  # noqa: E402
-from cxr_fast.evaluation.report import fmt, md_table  # noqa: E402
+from cxr_fast.evaluation.plots import read_history  # noqa: E402
+from cxr_fast.evaluation.report import audit_verdict, fmt, md_table  # noqa: E402
 
 RECIPES = ("resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class")
 DATA = {"resnet18": "coronahack", "vgg16": "coronahack", "multilabel": "coronahack",
@@ -165,20 +166,15 @@ def used_frozen_features(config):
 
 
 def stage_end_accuracy(run_dir):
-    "[(what the stage trained, its last epoch's valid accuracy)] from the run's history.csv, stage by stage."
-    import csv
-    path = Path(run_dir) / "history.csv"
-    if not path.exists(): return []
-    ends = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("accuracy"): ends[row["stage"]] = (row["trains"], float(row["accuracy"]))
-    return [ends[k] for k in sorted(ends, key=int)]
+    "[(the stage as read_history names it, e.g. '1 (head)', its last epoch's valid accuracy)], stage by stage."
+    hist = read_history(Path(run_dir) / "history.csv")
+    if hist is None or "accuracy" not in hist: return []
+    return [(stage, float(acc)) for stage, acc in hist.groupby("stage", sort=False)["accuracy"].last().items()]
 
 
-def audit_verdict(run_dir):
+def audit_summary(run_dir):
     "The training table's shortcut audit (train's fast audit, RUN/audit.json): its level and verdict in words."
-    v = (read_json(Path(run_dir) / "audit.json") or {}).get("verdict") or {}
+    v = audit_verdict(Path(run_dir) / "audit.json")
     return {"level": v.get("level"), "text": v.get("text")} if v else None
 
 
@@ -197,7 +193,7 @@ def measured(run_dir):
            "image_size": config.get("size"), "epochs": plan_epochs(config.get("plan") or []),
            "precision": (config.get("precision_used") or {}).get("name") or config.get("precision"),
            "frozen_features": used_frozen_features(config), "stages": stage_end_accuracy(run_dir),
-           "audit": audit_verdict(run_dir), "run_dir": str(run_dir)}
+           "audit": audit_summary(run_dir), "run_dir": str(run_dir)}
     if m.get("exact_match") is not None: out["exact_match"] = m["exact_match"]
     return out
 
@@ -235,7 +231,7 @@ def conclusion(name, variants):
         lo, hi = (v.get("ci") or {}).get("accuracy") or (None, None)
         inside = lo is not None and lo <= c["figure"] <= hi
         figure = f"ours {v['accuracy']:.3f} (95% CI {fmt(lo)}-{fmt(hi)}) vs the original's {c['figure']:.3f}"
-        head = next((acc for trains, acc in v.get("stages") or [] if trains == "head"), None)
+        head = next((acc for stage, acc in v.get("stages") or [] if stage.endswith("(head)")), None)
         if "head_figure" not in c or head is None: return f"{'holds' if inside else 'does not hold'}: {figure}"
         lifted = v["accuracy"] > head  # the original's claim is the lift from the frozen stage, not the last figure
         return (f"{'holds' if inside and lifted else 'does not hold'}: {figure}; the head stage on the frozen body "

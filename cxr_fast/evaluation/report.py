@@ -180,13 +180,19 @@ def figures_section(figures, failures):
     return lines
 
 
+def audit_verdict(audit_json):
+    "The verdict of an audit.json ({level, text, advice, ...}), None when there is none to read."
+    if not Path(audit_json).is_file(): return None
+    try:
+        return json.loads(Path(audit_json).read_text())["verdict"]
+    except (ValueError, KeyError, OSError):
+        return None
+
+
 def audit_section(audit_json):
     "The shortcut audit's verdict (audit.json beside the report, written by `train` or `audit`), with a link."
-    if not Path(audit_json).is_file(): return []
-    try:
-        verdict = json.loads(Path(audit_json).read_text())["verdict"]
-    except (ValueError, KeyError, OSError):
-        return []
+    verdict = audit_verdict(audit_json)
+    if not verdict: return []
     advice = [verdict["advice"], ""] if verdict.get("advice") else []
     return ["## Shortcut audit", "", f"**{verdict['level']}**: {verdict['text']} (details: [audit.md](audit.md))", "", *advice]
 
