@@ -53,15 +53,15 @@ bench-accuracy:
 	$(PYTHON) bench/bench_accuracy.py --out bench/accuracy.json --experiments scratch,pretrained:best,pretrained:fine_tune,pretrained:gradual,pretrained:head
 
 # Resumable: a configuration already in bench/shortcuts.json is not trained again. The matrix fits in about 2 h
-# on 2 quiet cores (AVX2, fp32): pretrained 4 mitigations x 3 seeds (~3 min each), scratch 2 x 2 (~8 min),
+# on 2 quiet cores (AVX2, fp32): pretrained 5 mitigations x 3 seeds (~3 min each), scratch 2 x 2 (~8 min),
 # the reverse direction (CoronaHack -> DarkCovidNet) 2 x 2 (~8 min), the audit of one seed's runs (~4 min each)
 SHORTCUT_SEEDS ?= 42,1,2
 SHORTCUTS = $(PYTHON) bench/bench_shortcuts.py --out bench/shortcuts.json
 bench-shortcuts:
-	$(SHORTCUTS) --experiments pretrained --mitigations none,acquisition,border,all --seeds $(SHORTCUT_SEEDS)
+	$(SHORTCUTS) --experiments pretrained --mitigations none,acquisition,border,all,border-square --seeds $(SHORTCUT_SEEDS)
 	$(SHORTCUTS) --experiments scratch --mitigations none,border --seeds 42,1
 	$(SHORTCUTS) --experiments hack-pretrained --mitigations none,border --seeds 42,1
-	$(SHORTCUTS) --experiments pretrained --mitigations none,border --seeds 42 --audit
+	$(SHORTCUTS) --experiments pretrained --mitigations none,border,border-square --seeds 42 --audit
 
 # What a Kaggle notebook lacks (it has torch, torchvision, fastai, timm, pandas, scikit-learn, matplotlib, kaggle):
 # cxr_fast and every package cxr_fast[weights] needs beyond those (pip resolves both sets; tools/wheelhouse.py).

