@@ -44,6 +44,7 @@ from cxr_fast.core.machine import machine_info  # noqa: E402
 from cxr_fast.data.images import dhash, load_image  # noqa: E402
 from cxr_fast.evaluation.report import fmt, md_table  # noqa: E402
 from cxr_fast.data.table import NEAR_DUPLICATE_BITS, hash_distances, hash_rows, read_table  # noqa: E402
+from cxr_fast.training.options import OPTIONS  # noqa: E402
 from cxr_fast.training.run import train  # noqa: E402
 
 ACQUISITION = dict(resize_method="pad", jpeg_quality="30:95", preprocessing="standardize")
@@ -68,23 +69,23 @@ BACK_SIZE, BACK_EPOCHS = 128, 4  # bench_cross_source.py's CoronaHack part: 5,30
 
 def experiment_config(name):
     """train() keywords of an experiment: 'pretrained' or 'scratch' (the recipes' configurations), either one with
-    changed options in brackets, e.g. 'pretrained[size=224]' or 'pretrained[size=224;arch=tf_efficientnet_lite2]';
+    any of train's options changed in brackets (OPTIONS), e.g. 'pretrained[size=224;arch=tf_efficientnet_lite2]' or
+    'pretrained[tta=true]'; the pretrained plan is made from the changed options (epochs=10 trains 10 epochs);
     'hack-pretrained' is the pretrained configuration at BACK_SIZE px, head 2 + all BACK_EPOCHS epochs, for the
     reverse direction."""
     base, _, changes = name.partition("[")
-    if base == "pretrained": config = darkcovidnet_pretrained.fit_config("best", "3class")
-    elif base == BACK + "pretrained":
-        config = darkcovidnet_pretrained.fit_config("best", "3class", size=BACK_SIZE, epochs=BACK_EPOCHS)
-    elif base == "scratch": config = {**darkcovidnet_scratch.BEST, "bf16": None}
-    else: sys.exit(f"--experiments takes pretrained, scratch and/or {BACK}pretrained (optionally [option=value;...]), "
-                   f"not {name!r}")
+    changed = {}
     for change in filter(None, changes.rstrip("]").split(";")):
         key, _, value = change.partition("=")
-        if key not in config: sys.exit(f"{name}: {key!r} is not one of the experiment's options ({', '.join(config)})")
-        old = config[key]
-        config[key] = (value.lower() in ("1", "true") if isinstance(old, bool) else
-                       type(old)(value) if isinstance(old, (int, float)) else value)
-    return config
+        if key not in OPTIONS and key not in ("head_epochs", "head_lr"):
+            sys.exit(f"{name}: {key!r} is not one of train's options ({', '.join(OPTIONS)})")
+        changed[key] = OPTIONS[key].coerce(value) if key in OPTIONS else type(darkcovidnet_pretrained.BEST[key])(value)
+    if base == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class", **changed)
+    if base == BACK + "pretrained":
+        return darkcovidnet_pretrained.fit_config("best", "3class", **{"size": BACK_SIZE, "epochs": BACK_EPOCHS, **changed})
+    if base == "scratch": return {**darkcovidnet_scratch.BEST, "bf16": None, **changed}
+    sys.exit(f"--experiments takes pretrained, scratch and/or {BACK}pretrained (optionally [option=value;...]), "
+             f"not {name!r}")
 
 
 def auroc(y, score):

@@ -40,7 +40,8 @@ def test_audit_command_flags_a_planted_file_format(tmp_path, capsys):
     assert result["file_facts"]["auroc"]["Pneumonia"] >= 0.95
     assert result["verdict"]["level"] == "shortcut" and "Pneumonia is predictable from file facts" in result["verdict"]["text"]
     assert "Verdict (shortcut)" in md and "pixel probes not run" in md
-    assert "--jpeg-quality" in result["verdict"]["advice"] and "crop-field" not in result["verdict"]["advice"]  # file facts only
+    assert "--preprocessing crop-field --resize-method crop" in result["verdict"]["advice"]  # the measured best first
+    assert result["verdict"]["advice"].count("--preprocessing crop-field") == 1
     assert result["verdict"]["advice"] in md
     printed = capsys.readouterr().out
     assert "verdict (shortcut)" in printed and "To train past it" in printed

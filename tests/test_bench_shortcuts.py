@@ -13,9 +13,11 @@ def test_an_experiment_takes_changed_options_in_brackets():
     changed = bench.experiment_config("pretrained[size=224;train_bn=true;arch=tf_efficientnet_lite2]")
     assert base["size"] == 160 and changed["size"] == 224 and changed["train_bn"] is True
     assert changed["arch"] == "tf_efficientnet_lite2" and changed["plan"] == base["plan"]
+    longer = bench.experiment_config("pretrained[epochs=10;tta=true]")
+    assert "all:10@" in longer["plan"] and longer["tta"] is True  # the plan follows the changed epochs
     back = bench.experiment_config("hack-pretrained")
     assert back["size"] == bench.BACK_SIZE and f"all:{bench.BACK_EPOCHS}@" in back["plan"]
-    with pytest.raises(SystemExit, match="'sise' is not one of the experiment's options"):
+    with pytest.raises(SystemExit, match="'sise' is not one of train's options"):
         bench.experiment_config("pretrained[sise=224]")
     with pytest.raises(SystemExit, match="not 'pretrianed'"):
         bench.experiment_config("pretrianed")

@@ -11,12 +11,14 @@ from ...evaluation.report import fmt, md_table
 
 STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
-MITIGATION = {  # what `train` offers against each kind of finding, as measured on DarkCovidNet (docs/shortcuts.md)
-    "border": "border suppression with a square crop (`--preprocessing crop-field --resize-method crop`: of the "
-              "options measured on DarkCovidNet, the one that held up best on another hospital's images)",
-    "acquisition": "one acquisition path for every image (`--resize-method pad --jpeg-quality 30:95 "
-                   "--preprocessing standardize`; measured on DarkCovidNet it kept in-source accuracy but ranked "
-                   "unseen COVID-19 images lower on another hospital's)",
+SQUARE_CROP = ("the central field cropped to a square for every image (`--preprocessing crop-field --resize-method crop`: "
+               "no image stretched, so shape and border stop reaching the model; of the options measured on DarkCovidNet, "
+               "the one that held up best on another hospital's images)")
+MITIGATION = {  # what `train` offers against each kind of finding, measured best first (docs/shortcuts.md)
+    "border": SQUARE_CROP,
+    "acquisition": SQUARE_CROP + ("; one compression and intensity path (`--jpeg-quality 30:95 --preprocessing "
+                                  "standardize`) was measured too: it kept in-source accuracy but ranked unseen "
+                                  "COVID-19 images lower on another hospital's"),
     "sources": "source-balanced sampling (`--balance-sources true`) where a class comes from several sources",
 }
 
@@ -61,7 +63,8 @@ def class_findings(cls, file_facts, pixel, full_auc):
 def advice(kinds):
     "What to train with against the kinds of shortcut found, and what no option fixes."
     if not kinds: return None
-    options = "; ".join(MITIGATION[k] for k in MITIGATION if k in kinds)  # measured best first
+    found = [MITIGATION[k] for k in MITIGATION if k in kinds]
+    options = "; ".join(m for m in found if not any(m in other for other in found if other != m))  # each said once
     return (f"To train past it: {options}; then `audit RUN_DIR` and `evaluate` on another source to see what is left. "
             "No option fixes a class that comes from one source only: that needs images of every class from the "
             "same hospitals.")
