@@ -40,8 +40,8 @@ recipes-quick:
 recipe-%:
 	$(PYTHON) -m cxr_fast recipe $* --out $(RUN)/$* $(ARGS)
 
-# Each recipe once at full scale (measured wall time on 2 cores: resnet18 75 min with native bf16; densenet121-3class
-# 15 min, resnet50-coronahack 6 min in fp32 on AVX2; vgg16 and multilabel train more runs: hours). Resumable: a recipe recorded in docs/reproduction.json is
+# Each recipe once at full scale (measured wall time on 2 cores: vgg16 97 min, resnet18 75 min, multilabel 70 min
+# with native bf16; densenet121-3class 15 min, resnet50-coronahack 6 min in fp32 on AVX2: 4 h 23 min in all). Resumable: a recipe recorded in docs/reproduction.json is
 # skipped, an interrupted one continues (--resume). REPRODUCE_RECIPES=resnet18,vgg16 runs some of them.
 REPRODUCE_RECIPES ?=
 reproduce:
