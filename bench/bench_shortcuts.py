@@ -74,11 +74,12 @@ def experiment_config(name):
     'hack-pretrained' is the pretrained configuration at BACK_SIZE px, head 2 + all BACK_EPOCHS epochs, for the
     reverse direction."""
     base, _, changes = name.partition("[")
+    plan_options = ("head_epochs", "head_lr") if base.endswith("pretrained") else ()  # the pretrained plan's own
     changed = {}
     for change in filter(None, changes.rstrip("]").split(";")):
         key, _, value = change.partition("=")
-        if key not in OPTIONS and key not in ("head_epochs", "head_lr"):
-            sys.exit(f"{name}: {key!r} is not one of train's options ({', '.join(OPTIONS)})")
+        if key not in OPTIONS and key not in plan_options:
+            sys.exit(f"{name}: {key!r} is not one of train's options ({', '.join((*OPTIONS, *plan_options))})")
         changed[key] = OPTIONS[key].coerce(value) if key in OPTIONS else type(darkcovidnet_pretrained.BEST[key])(value)
     if base == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class", **changed)
     if base == BACK + "pretrained":

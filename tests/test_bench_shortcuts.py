@@ -19,6 +19,8 @@ def test_an_experiment_takes_changed_options_in_brackets():
     assert back["size"] == bench.BACK_SIZE and f"all:{bench.BACK_EPOCHS}@" in back["plan"]
     with pytest.raises(SystemExit, match="'sise' is not one of train's options"):
         bench.experiment_config("pretrained[sise=224]")
+    with pytest.raises(SystemExit, match="'head_epochs' is not one of train's options"):  # scratch has no head stage
+        bench.experiment_config("scratch[head_epochs=3]")
     with pytest.raises(SystemExit, match="not 'pretrianed'"):
         bench.experiment_config("pretrianed")
 

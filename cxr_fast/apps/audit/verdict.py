@@ -14,12 +14,13 @@ LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform
 SQUARE_CROP = ("the central field cropped to a square for every image (`--preprocessing crop-field --resize-method crop`: "
                "no image stretched, so shape and border stop reaching the model; of the options measured on DarkCovidNet, "
                "the one that held up best on another hospital's images)")
+COMPRESSION_PATH = ("one compression and intensity path (`--jpeg-quality 30:95 --preprocessing standardize`) was "
+                    "measured too: it kept in-source accuracy but ranked unseen COVID-19 images lower on another "
+                    "hospital's")
 MITIGATION = {  # what `train` offers against each kind of finding, measured best first (docs/shortcuts.md)
-    "border": SQUARE_CROP,
-    "acquisition": SQUARE_CROP + ("; one compression and intensity path (`--jpeg-quality 30:95 --preprocessing "
-                                  "standardize`) was measured too: it kept in-source accuracy but ranked unseen "
-                                  "COVID-19 images lower on another hospital's"),
-    "sources": "source-balanced sampling (`--balance-sources true`) where a class comes from several sources",
+    "border": (SQUARE_CROP,),
+    "acquisition": (SQUARE_CROP, COMPRESSION_PATH),
+    "sources": ("source-balanced sampling (`--balance-sources true`) where a class comes from several sources",),
 }
 
 
@@ -63,8 +64,7 @@ def class_findings(cls, file_facts, pixel, full_auc):
 def advice(kinds):
     "What to train with against the kinds of shortcut found, and what no option fixes."
     if not kinds: return None
-    found = [MITIGATION[k] for k in MITIGATION if k in kinds]
-    options = "; ".join(m for m in found if not any(m in other for other in found if other != m))  # each said once
+    options = "; ".join(dict.fromkeys(option for k in MITIGATION if k in kinds for option in MITIGATION[k]))  # once each
     return (f"To train past it: {options}; then `audit RUN_DIR` and `evaluate` on another source to see what is left. "
             "No option fixes a class that comes from one source only: that needs images of every class from the "
             "same hospitals.")
