@@ -40,12 +40,15 @@ recipes-quick:
 recipe-%:
 	$(PYTHON) -m cxr_fast recipe $* --out $(RUN)/$* $(ARGS)
 
-# Each recipe once at full scale (measured wall time on 2 cores: vgg16 97 min, resnet18 75 min, multilabel 70 min
-# with native bf16; densenet121-3class 15 min, resnet50-coronahack 6 min in fp32 on AVX2: 4 h 23 min in all). Resumable: a recipe recorded in docs/reproduction.json is
-# skipped, an interrupted one continues (--resume). REPRODUCE_RECIPES=resnet18,vgg16 runs some of them.
+# Each recipe once at full scale (measured wall time on 2 cores of an AMD EPYC with native bf16: vgg16 97 min,
+# resnet18 75 min, multilabel 70 min, densenet121-3class 4 min, resnet50-coronahack 1 min: 4 h 6 min in all; the
+# total is at the top of docs/reproduction.md). Resumable: a recipe recorded in docs/reproduction.json is skipped, an
+# interrupted one continues (--resume). REPRODUCE_RECIPES=resnet18,vgg16 runs some of them; REPRODUCE_ARGS=--again
+# runs recorded ones once more, the earlier run kept beside the new one.
 REPRODUCE_RECIPES ?=
+REPRODUCE_ARGS ?=
 reproduce:
-	$(PYTHON) bench/reproduce.py $(if $(REPRODUCE_RECIPES),--recipes $(REPRODUCE_RECIPES))
+	$(PYTHON) bench/reproduce.py $(if $(REPRODUCE_RECIPES),--recipes $(REPRODUCE_RECIPES)) $(REPRODUCE_ARGS)
 
 bench:
 	$(PYTHON) bench/run_bench.py --out bench/results.json

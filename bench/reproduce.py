@@ -3,12 +3,14 @@
     python bench/reproduce.py                                  # every recipe -> docs/reproduction.json and .md
     python bench/reproduce.py --recipes resnet18,vgg16         # some of them
     python bench/reproduce.py --quick --work /tmp/r --json /tmp/r/reproduction.json   # smoke mode (recipes' --quick)
+    python bench/reproduce.py --recipes vgg16 --again          # once more; the earlier run kept beside it
     python bench/reproduce.py --report-only                    # rewrite the .md from the .json, run nothing
 
 Each recipe runs as `python -m cxr_fast recipe NAME --data ... --out WORK/NAME --resume true` (its own console
 output: one line per epoch, the comparison table, the run folder's report), one run folder per recipe under WORK.
 Resumable: a recipe recorded in the JSON is skipped; an interrupted one continues where it stopped (the recipe's
---resume). CPU minutes (this process's children, all attempts summed) and the machine (cxr_fast's machine_info)
+--resume). `--again` runs recorded recipes once more (on another machine, or after a change): the earlier record
+stays in the JSON under the recipe's `earlier` runs, and its run folder is kept beside the new one (WORK/NAME.1, ...). CPU minutes (this process's children, all attempts summed) and the machine (cxr_fast's machine_info)
 are recorded per recipe. The JSON holds only what was measured: a recipe not run yet is absent from it (the .md
 says "not run yet"); the originals' figures come from bench/reproduce_originals.py.
 
@@ -292,16 +294,41 @@ def recipe_section(name, entry):
                                           "; ".join(f"{k} -> {v}" for k, v in entry["mapping"].items()))
         m = entry["machine"]
         lines.append(f"- {entry['cpu_minutes']} CPU minutes ({entry['wall_minutes']} wall, {entry['attempts']} "
-                     f"attempt(s)) on {m.get('cpu_model')} ({m.get('cores')} cores, "
-                     f"{', '.join(m.get('cpu_flags_speed') or [])}); `{entry['command']}`")
+                     f"attempt(s)) on {machine_words(m)}; `{entry['command']}`")
         frozen = [k for k, v in entry["variants"].items() if v.get("frozen_features")]
         lines.append("- Frozen-feature head training: " + (", ".join(frozen) if frozen else "not used"))
+        lines += [f"- An earlier run: {earlier_line(e)}" for e in entry.get("earlier", [])]
     lines.append(f"- Our data: {DATA_DIFFERENCES[name]}")
     audits = {(v.get("audit") or {}).get("text") for v in (entry or {}).get("variants", {}).values()
               if (v.get("audit") or {}).get("level") in ("shortcut", "warning")}
     if audits: lines.append("- Shortcut audit of the training table (`cxr_fast audit`): " + " ".join(sorted(audits))
                             + " A figure on this split measures where the images came from as much as the disease.")
     return lines + [""]
+
+
+def machine_words(m):
+    "The machine of a record in words: CPU model (cores, speed flags)."
+    return f"{m.get('cpu_model')} ({m.get('cores')} cores, {', '.join(m.get('cpu_flags_speed') or [])})"
+
+
+def earlier_line(e):
+    "One earlier run of a recipe in a line: its figures, precision, minutes, machine and what it concluded."
+    figures = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in e["variants"].items())
+    splits, precisions = ({str(v.get(k)) for v in e["variants"].values()} for k in ("split", "precision"))
+    return (f"{figures} ({'/'.join(sorted(splits))} accuracy; {'/'.join(sorted(precisions))}), {e['wall_minutes']} min wall on "
+            f"{machine_words(e['machine'])}: {e['conclusion']}")
+
+
+def total_line(doc):
+    "The measured wall time of every recorded recipe, summed (the latest run of each), or None when none is."
+    recorded = [(n, doc["recipes"][n]) for n in RECIPES if n in doc.get("recipes", {})]
+    if not recorded: return None
+    total = sum(e["wall_minutes"] for _, e in recorded)
+    missing = [n for n in RECIPES if n not in doc["recipes"]]
+    machines = sorted({machine_words(e["machine"]) for _, e in recorded})
+    return (f"Wall time, the latest run of each recipe: {total:.0f} min ({total // 60:.0f} h {total % 60:.0f} min): "
+            + ", ".join(f"{n} {e['wall_minutes']}" for n, e in recorded) + " min, on " + "; ".join(machines)
+            + (f"; still to run: {', '.join(missing)}" if missing else "") + ".")
 
 
 def backbone_cell(entry, v):
@@ -344,6 +371,8 @@ def render_md(doc):
              "the one that holds its middle); DenseNet121's freeze_to keeps the same top share of the body's layer "
              "groups. A machine with the original weights (online, or a torch.hub cache) runs the original "
              "architecture with the same command.", ""]
+    total = total_line(doc)
+    if total: lines += [total, ""]
     for name in RECIPES:
         lines += recipe_section(name, doc.get("recipes", {}).get(name))
     lines += ["## densenet121-siim", "", f"Not run: {SIIM_MISSING}.", ""]
@@ -385,6 +414,21 @@ def write_docs(doc, json_path, md_path):
     write_atomic(Path(md_path), lambda p: p.write_text(render_md(doc)))
 
 
+def set_aside(entry, out):
+    """Before a recipe runs again: its run folder moves to the first free OUT.N (nothing is lost) and the record's
+    run folders with it; returns the list of earlier records, this one last (without its own earlier ones), which
+    main keeps in OUT/earlier.json until the new run is recorded (an interrupted run resumes without losing it)."""
+    earlier = entry.pop("earlier", [])
+    out = Path(out)
+    if out.exists():
+        kept = next(k for k in (out.with_name(f"{out.name}.{i}") for i in range(1, 1000)) if not k.exists())
+        out.rename(kept)
+        for v in entry["variants"].values():
+            run_dir = Path(v["run_dir"]).resolve()
+            if run_dir.is_relative_to(out.resolve()): v["run_dir"] = str(kept.resolve() / run_dir.relative_to(out.resolve()))
+    return earlier + [entry]
+
+
 # ---- main ------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -397,6 +441,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="the recipes' smoke mode (tiny images, 1 epoch per stage)")
     p.add_argument("--end-to-end", action="store_true", help="train head-only stages end to end, with augmentation "
                    "(default: on the frozen body's features, computed once; train's frozen_features)")
+    p.add_argument("--again", action="store_true", help="run recorded recipes once more; the earlier record is kept "
+                   "under the recipe's 'earlier' runs and its run folder as WORK/NAME.1, .2, ...")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON; run nothing")
     p.add_argument("--recollect", action="store_true", help="read the recorded recipes' figures again from their run "
                    "folders under --work (after a change to what is collected); train nothing")
@@ -418,14 +464,19 @@ def main(argv=None):
         out = Path(a.work) / name
         if name not in doc["recipes"] or not (out / "attempts.json").exists(): continue  # nothing recorded to reread
         plan = recipe_plan(name, a.data_root, frozen_features=not a.end_to_end)
+        old = doc["recipes"][name]
         doc["recipes"][name] = {**collect(name, out, plan, read_json(out / "attempts.json")),
-                                "quick": doc["recipes"][name].get("quick", False)}
+                                "quick": old.get("quick", False), **{k: old[k] for k in ("earlier",) if k in old}}
         print(f"{name}: {doc['recipes'][name]['conclusion']} (recollected)")
     for name in [] if a.report_only or a.recollect else names:
-        if name in doc["recipes"]:
+        out = Path(a.work) / name
+        if name in doc["recipes"] and not a.again:
             print(f"{name}: recorded in {json_path}, skipped")
             continue
-        out = Path(a.work) / name
+        if name in doc["recipes"]:  # --again: the record waits in the fresh run folder until the new run is in
+            write_json(out / "earlier.json", set_aside(doc["recipes"].pop(name), out))
+            write_docs(doc, json_path, md_path)
+        earlier = read_json(out / "earlier.json") or []
         plan = recipe_plan(name, a.data_root, frozen_features=not a.end_to_end)
         if plan["substitute"]:
             print(f"{name}: ImageNet weights for {plan['asked']} are not on this machine; running {SUBSTITUTE}")
@@ -435,7 +486,8 @@ def main(argv=None):
             write_docs(doc, json_path, md_path)
             raise SystemExit(f"{name} failed (exit {attempt['rc']}; {out / 'console.log'}): run the same command "
                              f"again to continue it (--resume)")
-        doc["recipes"][name] = {**collect(name, out, plan, attempts), "quick": a.quick}
+        doc["recipes"][name] = {**collect(name, out, plan, attempts), "quick": a.quick,
+                                **({"earlier": earlier} if earlier else {})}
         write_docs(doc, json_path, md_path)
         print(f"{name}: {doc['recipes'][name]['conclusion']} ({md_path})")
     write_docs(doc, json_path, md_path)

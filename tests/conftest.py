@@ -28,6 +28,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_in_tmp(tmp_path_factory):
+    "Recipes cache decoded images (apps/recipes.RECIPE_CACHE): the tests' go to a temporary folder, not ~/.cache."
+    import os
+    before = os.environ.get("CXR_FAST_CACHE")
+    os.environ["CXR_FAST_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
+    yield
+    if before is None: os.environ.pop("CXR_FAST_CACHE", None)
+    else: os.environ["CXR_FAST_CACHE"] = before
+
+
 @pytest.fixture
 def shared_data():
     return SHARED_DATA

@@ -5,6 +5,7 @@ cannot rot: this file is part of `make test` (and `make recipes-quick`).
 """
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def test_resnet50_coronahack_two_stages_through_the_cli(coronahack_root, tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert [(s["train"], s["lr"]) for s in config["plan"]] == [("head", 0.01), ("all", 0.001)]
     assert (config["bs"], config["clip"], config["wd"], config["aug"]) == (8, 0.1, 1e-4, "cxr-flip")
+    assert config["cache"] is True and any(Path(os.environ["CXR_FAST_CACHE"]).rglob("*.npy"))  # recipes decode once
     table = pd.read_csv(out / "table.csv")
     assert set(table["split"]) == {"train", "valid"} and (table["label"] == "Normal").sum() <= 3  # 1/22 of 51 patients
     assert (out / "curves.png").is_file() and json.loads((out / "recipe.json").read_text())["recipe"] == "resnet50-coronahack"

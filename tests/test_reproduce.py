@@ -147,3 +147,26 @@ def test_quick_reproduction_on_the_shared_data(tmp_path, shared_data, monkeypatc
     assert (tmp_path / "work" / "densenet121-3class" / "console.log").read_text().count("epoch 1/1") >= 2
     monkeypatch.setattr(reproduce, "run_recipe", lambda *a, **k: pytest.fail("a recorded recipe ran again"))
     reproduce.main(args)
+
+
+def test_again_keeps_the_earlier_run_and_an_interrupted_one_resumes_without_losing_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce, "weights_available", lambda arch: False)
+    doc_json, work = tmp_path / "r.json", tmp_path / "w"
+    args = ["--recipes", "resnet50-coronahack", "--data-root", str(tmp_path), "--work", str(work), "--json", str(doc_json)]
+    monkeypatch.setattr(reproduce, "run_recipe", fake_run)
+    reproduce.main(args)
+    first = json.loads(doc_json.read_text())["recipes"]["resnet50-coronahack"]
+    monkeypatch.setattr(reproduce, "run_recipe", lambda *a, **k: {"rc": 1, "cpu_minutes": 0.1, "wall_minutes": 0.1})
+    with pytest.raises(SystemExit, match="run the same command again"):
+        reproduce.main(args + ["--again"])
+    assert "resnet50-coronahack" not in json.loads(doc_json.read_text())["recipes"]  # the old record waits in the run folder
+    kept = work / "resnet50-coronahack.1"
+    assert (kept / "recipe.json").exists() and (work / "resnet50-coronahack" / "earlier.json").exists()
+    monkeypatch.setattr(reproduce, "run_recipe", fake_run)
+    reproduce.main(args)  # the same command again (no --again needed): it continues, and keeps the earlier run
+    entry = json.loads(doc_json.read_text())["recipes"]["resnet50-coronahack"]
+    assert [e["conclusion"] for e in entry["earlier"]] == [first["conclusion"]]
+    assert entry["earlier"][0]["variants"]["head-then-all"]["run_dir"].startswith(str(kept.resolve()))
+    md = doc_json.with_suffix(".md").read_text()
+    assert "- An earlier run: head-then-all 0.700 (test accuracy" in md
+    assert f"Wall time, the latest run of each recipe: 1 min (0 h 1 min): resnet50-coronahack {entry['wall_minutes']}" in md
