@@ -41,7 +41,7 @@ recipe-%:
 	$(PYTHON) -m cxr_fast recipe $* --out $(RUN)/$* $(ARGS)
 
 # Each recipe once at full scale (measured wall time on 2 cores of an AMD EPYC with native bf16: vgg16 97 min,
-# resnet18 75 min, multilabel 70 min, densenet121-3class 4 min, resnet50-coronahack 1 min: 4 h 6 min in all; the
+# resnet18 68 min, multilabel 70 min, densenet121-3class 4 min, resnet50-coronahack 1 min: 3 h 59 min in all; the
 # total is at the top of docs/reproduction.md). Resumable: a recipe recorded in docs/reproduction.json is skipped, an
 # interrupted one continues (--resume). REPRODUCE_RECIPES=resnet18,vgg16 runs some of them; REPRODUCE_ARGS=--again
 # runs recorded ones once more, the earlier run kept beside the new one.

@@ -10,8 +10,9 @@ Each recipe runs as `python -m cxr_fast recipe NAME --data ... --out WORK/NAME -
 output: one line per epoch, the comparison table, the run folder's report), one run folder per recipe under WORK.
 Resumable: a recipe recorded in the JSON is skipped; an interrupted one continues where it stopped (the recipe's
 --resume). `--again` runs recorded recipes once more (on another machine, or after a change): the earlier record
-stays in the JSON under the recipe's `earlier` runs, and its run folder is kept beside the new one (WORK/NAME.1, ...). CPU minutes (this process's children, all attempts summed) and the machine (cxr_fast's machine_info)
-are recorded per recipe. The JSON holds only what was measured: a recipe not run yet is absent from it (the .md
+stays in the JSON under the recipe's `earlier` runs, and its run folder is kept beside the new one (WORK/NAME.1, ...).
+CPU minutes (this process's children, all attempts summed) and the machine (cxr_fast's machine_info) are recorded
+per recipe. The JSON holds only what was measured: a recipe not run yet is absent from it (the .md
 says "not run yet"); the originals' figures come from bench/reproduce_originals.py.
 
 Where a recipe's ImageNet backbone cannot be had on this machine (offline, no cache), the recipe runs the
@@ -315,8 +316,8 @@ def earlier_line(e):
     "One earlier run of a recipe in a line: its figures, precision, minutes, machine and what it concluded."
     figures = ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in e["variants"].items())
     splits, precisions = ({str(v.get(k)) for v in e["variants"].values()} for k in ("split", "precision"))
-    return (f"{figures} ({'/'.join(sorted(splits))} accuracy; {'/'.join(sorted(precisions))}), {e['wall_minutes']} min wall on "
-            f"{machine_words(e['machine'])}: {e['conclusion']}")
+    return (f"{figures} ({'/'.join(sorted(splits))} accuracy; {'/'.join(sorted(precisions))}), "
+            f"{e['wall_minutes']} min wall on {machine_words(e['machine'])}: {e['conclusion']}")
 
 
 def total_line(doc):
@@ -424,8 +425,8 @@ def set_aside(entry, out):
         kept = next(k for k in (out.with_name(f"{out.name}.{i}") for i in range(1, 1000)) if not k.exists())
         out.rename(kept)
         for v in entry["variants"].values():
-            run_dir = Path(v["run_dir"]).resolve()
-            if run_dir.is_relative_to(out.resolve()): v["run_dir"] = str(kept.resolve() / run_dir.relative_to(out.resolve()))
+            run_dir, old = Path(v["run_dir"]).resolve(), out.resolve()
+            if run_dir.is_relative_to(old): v["run_dir"] = str(kept.resolve() / run_dir.relative_to(old))
     return earlier + [entry]
 
 

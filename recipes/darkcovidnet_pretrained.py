@@ -14,14 +14,14 @@ and buys on another hospital's images (docs/shortcuts.md); `--preprocessing none
 """
 from cxr_fast.apps import recipes
 from cxr_fast.core.errors import CxrError
+from cxr_fast.training.options import SHORTCUT_MITIGATION
 from cxr_fast.training.run import train
 
 TASK_CLASSES = {"3class": "Covid-19,No_findings,Pneumonia", "binary": "Covid-19,No_findings"}
 TASK_OVERRIDES = {"binary": {"class_weights": "auto"}}  # 99 Covid-19 vs 400 No_findings
-# On by default: of the mitigations `make bench-shortcuts` compared over several seeds, the one that did best on
-# the cross-source proxies (another hospital's X-rays called Covid-19; unseen Covid-19 vs Normal AUROC) at the same
-# in-source accuracy (bench/shortcuts.md, docs/shortcuts.md).
-SHORTCUT_MITIGATION = dict(preprocessing="crop-field", resize_method="crop", jpeg_quality=None)
+# SHORTCUT_MITIGATION on by default: of the mitigations `make bench-shortcuts` compared over several seeds, the one
+# that did best on the cross-source proxies (another hospital's X-rays called Covid-19; unseen Covid-19 vs Normal
+# AUROC) at the same in-source accuracy (bench/shortcuts.md, docs/shortcuts.md).
 BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, head_epochs=2, head_lr=1e-2, epochs=6,
             lr=2e-3, opt="adamw", aug="cxr", loss="ce", label_smoothing=0.1, train_bn=False, cache=True,
             monitor="valid_loss", **SHORTCUT_MITIGATION)

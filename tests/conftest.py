@@ -1,4 +1,5 @@
 """Shared fixtures: tiny synthetic datasets in the real layouts, and the real data when present."""
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ def one_torch_thread():
 @pytest.fixture(scope="session", autouse=True)
 def image_cache_in_tmp(tmp_path_factory):
     "Recipes cache decoded images (apps/recipes.RECIPE_CACHE): the tests' go to a temporary folder, not ~/.cache."
-    import os
     before = os.environ.get("CXR_FAST_CACHE")
     os.environ["CXR_FAST_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
     yield

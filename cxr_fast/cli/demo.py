@@ -6,7 +6,7 @@ from ..core.args import as_bool, as_int
 
 
 def demo_command(out="runs/demo", patients_per_class=50, size=96, head_epochs=2, epochs=4, arch=DEMO_ARCH,
-                 pretrained=True, precision="auto", seed=0):
+                 pretrained=True, shortcut_mitigation=True, precision="auto", seed=0):
     """Generate synthetic phantom X-rays and fine-tune an ImageNet-pretrained EfficientNet-Lite0 on them (CPU, offline).
 
     Args:
@@ -17,13 +17,17 @@ def demo_command(out="runs/demo", patients_per_class=50, size=96, head_epochs=2,
       epochs: epochs of the second stage (everything trains, discriminative learning rates)
       arch: the architecture (default tf_efficientnet_lite0, whose ImageNet weights come with pip)
       pretrained: start from pretrained weights (false: one fit_one_cycle from scratch)
+      shortcut_mitigation: crop every image to its central field, then to a square, as darkcovidnet-pretrained does
+        (false: the whole image, squished)
       precision: auto (chosen by the machine), fp32, bf16 or fp16
       seed: data and training seed
     """
     print(BANNER + "\n")
     result = demo(out, as_int(patients_per_class, "patients-per-class", 6), as_int(size, "size", 32),
                   as_int(head_epochs, "head-epochs", 0), as_int(epochs, "epochs", 1), arch=str(arch),
-                  pretrained=as_bool(pretrained, "pretrained"), precision=str(precision), seed=as_int(seed, "seed"))
+                  pretrained=as_bool(pretrained, "pretrained"),
+                  shortcut_mitigation=as_bool(shortcut_mitigation, "shortcut-mitigation"), precision=str(precision),
+                  seed=as_int(seed, "seed"))
     test = result.get("test", {})
     print(f"\n{BANNER}")
     print(f"held-out phantom test images: accuracy {test.get('accuracy', float('nan')):.3f} "

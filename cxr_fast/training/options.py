@@ -22,6 +22,10 @@ from .precision import PRECISIONS, precision_default
 from .tracking import parse_trackers
 
 DEDUP = ("warn", "drop", "off")
+# The shortcut mitigation that held up best on another hospital's images (`make bench-shortcuts`, docs/shortcuts.md):
+# every image cropped to its central field, then to a square (no image stretched, so neither the border nor the
+# shape reaches the model). darkcovidnet-pretrained and the demo train with it; `audit` advises it.
+SHORTCUT_MITIGATION = dict(preprocessing="crop-field", resize_method="crop", jpeg_quality=None)
 
 
 @dataclass(frozen=True)
