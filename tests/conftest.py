@@ -1,5 +1,4 @@
 """Shared fixtures: tiny synthetic datasets in the real layouts, and the real data when present."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,9 @@ def one_torch_thread():
 @pytest.fixture(scope="session", autouse=True)
 def image_cache_in_tmp(tmp_path_factory):
     "Recipes cache decoded images (apps/recipes.RECIPE_CACHE): the tests' go to a temporary folder, not ~/.cache."
-    before = os.environ.get("CXR_FAST_CACHE")
-    os.environ["CXR_FAST_CACHE"] = str(tmp_path_factory.mktemp("image_cache"))
-    yield
-    if before is None: os.environ.pop("CXR_FAST_CACHE", None)
-    else: os.environ["CXR_FAST_CACHE"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXR_FAST_CACHE", str(tmp_path_factory.mktemp("image_cache")))
+        yield
 
 
 @pytest.fixture

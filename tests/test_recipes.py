@@ -5,7 +5,6 @@ cannot rot: this file is part of `make test` (and `make recipes-quick`).
 """
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -97,7 +96,8 @@ def test_multilabel_one_run_per_loss_with_predictions(coronahack_root, tmp_path)
     assert json.loads((out / "resnet18-focal" / "config.json").read_text())["loss"] == "focal"
 
 
-def test_resnet50_coronahack_two_stages_through_the_cli(coronahack_root, tmp_path, capsys):
+def test_resnet50_coronahack_two_stages_through_the_cli(coronahack_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r50"
     assert main(["recipe", "resnet50-coronahack", "--data", str(grow_coronahack(coronahack_root)), "--out", str(out),
                  "--quick"]) == 0
@@ -108,7 +108,7 @@ def test_resnet50_coronahack_two_stages_through_the_cli(coronahack_root, tmp_pat
     config = json.loads((out / "config.json").read_text())
     assert [(s["train"], s["lr"]) for s in config["plan"]] == [("head", 0.01), ("all", 0.001)]
     assert (config["bs"], config["clip"], config["wd"], config["aug"]) == (8, 0.1, 1e-4, "cxr-flip")
-    assert config["cache"] is True and any(Path(os.environ["CXR_FAST_CACHE"]).rglob("*.npy"))  # recipes decode once
+    assert config["cache"] is True and any((tmp_path / "cache").rglob("*.npy"))  # recipes decode once, into the cache
     table = pd.read_csv(out / "table.csv")
     assert set(table["split"]) == {"train", "valid"} and (table["label"] == "Normal").sum() <= 3  # 1/22 of 51 patients
     assert (out / "curves.png").is_file() and json.loads((out / "recipe.json").read_text())["recipe"] == "resnet50-coronahack"
