@@ -307,9 +307,10 @@ def recipe_section(name, entry):
     return lines + [""]
 
 
-def machine_words(m):
-    "The machine of a record in words: CPU model (cores, speed flags)."
-    return f"{m.get('cpu_model')} ({m.get('cores')} cores, {', '.join(m.get('cpu_flags_speed') or [])})"
+def machine_words(m, *more):
+    "The machine of a record in words: CPU model (cores, speed flags, and `more` facts)."
+    facts = [f"{m.get('cores')} cores", *(m.get("cpu_flags_speed") or []), *more]
+    return f"{m.get('cpu_model')} ({', '.join(facts)})"
 
 
 def earlier_line(e):
@@ -395,10 +396,9 @@ def frozen_features_section(result):
     if not result: return lines + ["Speed-up: not measured yet (`python bench/bench_frozen_features.py`).", ""]
     m, images = result["machine"], result["images"]
     lines += [f"Measured with `{result['command']}`: {result['arch']}, {result['size']} px, batch {result['bs']}, "
-              f"lr {result['lr']}, {images.get('train')} train / {images.get('valid')} valid DarkCovidNet images, on {m.get('cpu_model')} ({m.get('cores')} cores, "
-              f"{', '.join(m.get('cpu_flags_speed') or [])}, {m.get('torch_threads')} torch threads"
-              + (", shared with other work" if m.get("shared") else "")
-              + "). End to end decodes every image every epoch (no --cache, no workers); the frozen-feature times include "
+              f"lr {result['lr']}, {images.get('train')} train / {images.get('valid')} valid DarkCovidNet images, on "
+              + machine_words(m, f"{m.get('torch_threads')} torch threads", *(["shared with other work"] if m.get("shared") else []))
+              + ". End to end decodes every image every epoch (no --cache, no workers); the frozen-feature times include "
               "computing the features; the rows ran in order, the first "
               "from cold caches. Valid accuracy is on "
               f"{images.get('valid')} images from one seed: one image is {1 / max(1, images.get('valid', 1)):.3f}.", ""]

@@ -36,3 +36,9 @@ def test_overrides_and_image_folds_are_kept_under_their_own_key():
     assert B.experiment_key("pretrained:best", {"tta": True, "arch": "x"}) == "pretrained:best --set arch=x --set tta=true"
     assert B.experiment_key("scratch", {}, "image") == "scratch --folds-by image"
     assert B.json_or_text("2e-3") == 0.002 and B.json_or_text("fp32") == "fp32"
+
+
+def test_pretrained_experiments_train_one_model_unless_set():
+    "A key keeps meaning what it measured: `pretrained:best` is one model, the recipe's ensemble is --set members=3."
+    assert B.experiment_config("pretrained:best", "3class", {})["members"] == 1
+    assert B.experiment_config("pretrained:best", "3class", {"members": 3})["members"] == 3

@@ -12,6 +12,7 @@ def test_an_experiment_takes_changed_options_in_brackets():
     base = bench.experiment_config("pretrained")
     changed = bench.experiment_config("pretrained[size=224;train_bn=true;arch=tf_efficientnet_lite2]")
     assert base["size"] == 160 and changed["size"] == 224 and changed["train_bn"] is True
+    assert base["members"] == 1 and bench.experiment_config("pretrained[members=3]")["members"] == 3
     assert changed["arch"] == "tf_efficientnet_lite2" and changed["plan"] == base["plan"]
     longer = bench.experiment_config("pretrained[epochs=10;tta=true]")
     assert "all:10@" in longer["plan"] and longer["tta"] is True  # the plan follows the changed epochs

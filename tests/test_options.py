@@ -28,7 +28,7 @@ BAD = {  # option -> (a wrong value, words of its one-line error)
     "preprocessing": ("sharpen", "unknown preprocessing 'sharpen'"),
     "jpeg_quality": ("0:200", "--jpeg-quality 0:200: need 1 <= LO <= HI <= 95"),
     "balance_sources": ("maybe", "--balance-sources must be true or false"),
-    "audit": ("maybe", "--audit must be true or false"), "seed": (-1, "--seed must be >= 0"),
+    "audit": ("maybe", "--audit must be true or false"), "seed": (-1, "--seed must be >= 0"), "members": (17, "--members must be <= 16"),
     "loss": ("hinge", "--loss must be one of"), "label_smoothing": (2, "--label-smoothing must be in [0, 1]"),
     "class_weights": ("a,b", "--class-weights must be a comma-separated list of float"),
     "focal_alpha": (-1, "--focal-alpha must be in [0,"), "focal_gamma": (-1, "--focal-gamma must be in [0,"),

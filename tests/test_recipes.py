@@ -176,6 +176,7 @@ def test_darkcovidnet_pretrained_fine_tunes_the_pip_weights(folders_root, tmp_pa
     assert [s["train"] for s in config["plan"]] == ["head", "all"]
     meta = json.loads((out / "model" / "model.json").read_text())  # the shortcut mitigation travels to predict
     assert meta["preprocessing"] == "crop-field" and meta["resize_method"] == "crop"
+    assert meta["members"] == 2 and (out / "members" / "1" / "weights.pth").is_file()  # an ensemble, two in smoke mode
 
 
 def test_darkcovidnet_pretrained_variants_are_valid_plans():

@@ -130,7 +130,8 @@ def limitations(meta):
 def card_facts(meta):
     "The card's facts as a dict (what model.json's `card` holds)."
     return {"intended_use": INTENDED_USE, "disclaimer": DISCLAIMER,
-            "architecture": {k: meta.get(k) for k in ("arch", "head", "n_out", "task", "classes", "multilabel", "loss")},
+            "architecture": {k: meta.get(k) for k in ("arch", "head", "n_out", "task", "classes", "multilabel", "loss",
+                                                      "members")},
             "starting_weights": starting_weights(meta),
             "training_data": {k: (meta.get("data") or {}).get(k) for k in
                               ("source", "sources", "task", "split_method", "counts", "leakage", "classes_absent")},
@@ -187,6 +188,12 @@ def counts_table(counts):
     return md_table(["", *splits], [[r, *[counts[s].get(r, 0) for s in splits]] for r in rows])
 
 
+def ensemble_words(members):
+    "', an ensemble of N ...' for a card's architecture line (nothing for one model)."
+    n = int(members or 1)
+    return f"; an ensemble of {n} such models trained alike from different seeds, their logits averaged" if n > 1 else ""
+
+
 def render_card(meta, title=None):
     "MODEL_CARD.md's text for a model's meta (model.json)."
     facts = card_facts(meta)
@@ -197,7 +204,7 @@ def render_card(meta, title=None):
              "## Intended use", "", INTENDED_USE, "",
              "## Model", "",
              f"- architecture: {arch.get('arch')}, head hidden {head.get('hidden') or 'fastai default [512]'}, "
-             f"dropout {head.get('dropout')}, {arch.get('n_out')} outputs",
+             f"dropout {head.get('dropout')}, {arch.get('n_out')} outputs{ensemble_words(arch.get('members'))}",
              f"- task: {arch.get('task')} ({'multi-label, sigmoid per label' if arch.get('multilabel') else 'single-label, softmax'}); "
              f"classes: {', '.join(map(str, arch.get('classes') or []))}; loss: {arch.get('loss')}",
              f"- starting weights: {facts['starting_weights']}",

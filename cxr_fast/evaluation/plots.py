@@ -46,9 +46,10 @@ def read_history(path):
     df = df[df["epoch"].astype(str) != "epoch"].reset_index(drop=True)  # headers written again by appending stages
     stage = df["stage"].astype(str) if "stage" in df.columns else pd.Series("fit", index=df.index)
     if "trains" in df.columns: stage = stage + " (" + df["trains"].astype(str) + ")"  # training.py: what the stage trained
+    if "member" in df.columns: stage = "member " + df["member"].astype(str) + ": " + stage  # an ensemble's (members.py)
     out = pd.DataFrame({"stage": stage})
     for col in df.columns:
-        if col in ("stage", "trains", "time"): continue
+        if col in ("stage", "trains", "time", "member"): continue
         values = pd.to_numeric(df[col], errors="coerce")
         if values.notna().any(): out[col] = values.to_numpy()
     return out if len(out) else None

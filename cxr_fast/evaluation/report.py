@@ -107,11 +107,13 @@ def config_section(config):
 
 
 def stage_rows(plan, history_csv):
-    "One row per plan stage: what trained, epochs run, its learning rate, and the last epoch's losses and accuracy."
+    """One row per plan stage: what trained, epochs run, its learning rate, and the last epoch's losses and accuracy
+    (an ensemble's last member's: each member trains the same plan)."""
     try:
         hist = pd.read_csv(history_csv)
     except (FileNotFoundError, pd.errors.EmptyDataError):
         hist = pd.DataFrame()
+    if "member" in hist: hist = hist[hist["member"] == hist["member"].max()]  # an ensemble: its last member's
     rows = []
     for i, stage in enumerate(plan, 1):
         ran = hist[hist["stage"].astype(str) == str(i)] if "stage" in hist else hist.iloc[0:0]
@@ -130,6 +132,11 @@ def training_section(config, history_csv):
     used = config.get("precision_used")  # precision.Precision.as_dict(): what ran and why
     if used: lines += [f"Precision: {used['name']}{', channels-last' if used['channels_last'] else ''} on "
                        f"{used['device']} (asked: {used['requested']}; {used['reason']}).", ""]
+    if (config.get("members") or 1) > 1:
+        n, seed = config["members"], config["seed"]
+        lines += [f"An ensemble of {n} members (seeds {seed}..{seed + n - 1}, the same splits; their logits averaged): "
+                  f"each trained the stages below, shown for the last member; every member's epochs are in "
+                  f"history.csv and the curves.", ""]
     header = ["stage", "trains", "epochs run", "learning rate", "train loss", "valid loss", "accuracy"]
     return lines + md_table(header, stage_rows(config["plan"], history_csv)) + [
         "", "`head`: body frozen (feature extraction); `all`: everything trains; a `lo:hi` rate is spread across "

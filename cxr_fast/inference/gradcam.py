@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from ..core.errors import CxrError
+from ..models.ensemble import Ensemble
 
 
 def model_body(model):
@@ -92,26 +93,39 @@ def gradcam(model, x, target=None, layer=None):
     """Grad-CAM heatmaps (N, H, W) in [0, 1] for a batch `x` (N, 3, H, W) as the model takes it (normalised).
 
     target: class index (int), one per image (list), or None for each image's predicted class.
-    layer: the module to explain (default: the body's last conv block, see `default_layer`)."""
+    layer: the module to explain (default: the body's last conv block, see `default_layer`; for an Ensemble, each
+    member's, and the map is the mean of the members' maps for the ensemble's score)."""
     if x.dim() != 4: raise CxrError(f"Grad-CAM takes a batch (N, 3, H, W), got shape {tuple(x.shape)}")
     device = next(model.parameters()).device
     x = x.detach().clone().to(device)  # a fresh leaf, also when `x` was made under inference_mode
-    modules = [layer] if layer is not None else list(model_body(model).modules())
+    members = [default_layer(m, x) for m in model.members] if layer is None and isinstance(model, Ensemble) else None
+    modules = members or ([layer] if layer is not None else list(model_body(model).modules()))
     with _record_4d(modules) as found, torch.inference_mode(False), torch.enable_grad(), _eval_mode(model), _frozen(model):
         x.requires_grad_(True)  # the graph runs through the input, not through the parameters
         logits = model(x)
         if logits.dim() != 2: raise CxrError(f"Grad-CAM needs (N, classes) outputs, got shape {tuple(logits.shape)}")
-        act = _pick(found)[1]  # one forward pass: the default layer is chosen from what it recorded
+        # one forward pass: the default layer is chosen from what it recorded; an ensemble's members' in their order
+        acts = [out for _, out in found] if members else [_pick(found)[1]]
         score = logits.gather(1, _targets(target, logits)[:, None]).sum()
-        grad, = torch.autograd.grad(score, act)
+        grads = torch.autograd.grad(score, acts)
     with torch.no_grad():
-        weights = grad.mean(dim=(2, 3), keepdim=True)  # global-average-pooled gradients: one weight per channel
-        cam = F.relu((weights * act).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        lo = cam.flatten(1).min(dim=1).values[:, None, None]
-        hi = cam.flatten(1).max(dim=1).values[:, None, None]
-        cam = torch.where(hi > lo, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
+        cams = [_cam(act, grad, x.shape[-2:]) for act, grad in zip(acts, grads)]
+        cam = cams[0] if len(cams) == 1 else _unit_range(torch.stack(cams).mean(dim=0))
     return cam.detach().cpu().numpy().astype(np.float32)
+
+
+def _cam(act, grad, size):
+    "One layer's map: channels weighted by their global-average-pooled gradients, ReLU, at the input's size, in [0, 1]."
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * act).sum(dim=1, keepdim=True))
+    return _unit_range(F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0])
+
+
+def _unit_range(cam):
+    "Each map (N, H, W) scaled to [0, 1] (a constant map: zeros)."
+    lo = cam.flatten(1).min(dim=1).values[:, None, None]
+    hi = cam.flatten(1).max(dim=1).values[:, None, None]
+    return torch.where(hi > lo, (cam - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(cam))
 
 
 def jet(heat):

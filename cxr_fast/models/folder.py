@@ -15,7 +15,7 @@ import torch
 
 from ..evaluation.card import CARD_NAME, add_evaluation, card_facts, write_card
 from ..core.errors import ModelFormatError
-from .registry import build_model
+from .ensemble import model_from_meta
 from ..core.jsonio import write_atomic
 from ..core.version import __version__
 
@@ -142,17 +142,24 @@ def check_fit(model, state, meta, path):
                f"model.json" if shapes else f"e.g. {(missing or unexpected)[0]!r} is "
                                            f"{'missing from model.pth' if missing else 'in model.pth but not in that model'}")
     raise ModelFormatError(
-        f"{path.parent}: model.json and model.pth disagree: model.json describes {meta['arch']} with head hidden "
-        f"sizes {meta['head'].get('hidden') or 'default'} and {meta['n_out']} outputs, but model.pth holds the weights of "
+        f"{path.parent}: model.json and model.pth disagree: model.json describes {members_words(meta)}{meta['arch']} "
+        f"with head hidden sizes {meta['head'].get('hidden') or 'default'} and {meta['n_out']} outputs, but model.pth "
+        f"holds the weights of "
         f"another architecture or head ({len(missing)} missing, {len(unexpected)} unexpected and {len(shapes)} "
         f"differently shaped tensors; {example}); copy both files from the same run")
+
+
+def members_words(meta):
+    "'an ensemble of N ' for an ensemble's model.json, else nothing (for messages)."
+    n = int(meta.get("members") or 1)
+    return f"an ensemble of {n} " if n > 1 else ""
 
 
 def load_model_module(model_dir, device="cpu"):
     "(torch module in eval mode, meta) from a model dir, weights read with weights_only=True."
     model_dir = find_model_dir(model_dir)
     meta = read_model_json(model_dir)
-    model = build_model(meta["arch"], meta["n_out"], meta["head"])  # random init: the weights come from model.pth
+    model = model_from_meta(meta)  # random init: the weights come from model.pth
     state = read_state_dict(model_dir, device)
     check_fit(model, state, meta, model_dir / "model.pth")
     try:

@@ -185,6 +185,8 @@ OPTIONS = {o.name: o for o in [
     O("audit", bool, True, "run the shortcut audit's fast parts on the table; its verdict goes into report.md and "
       "the model card"),
     O("seed", int, 42, "random seed (splits, initialisation, batches)", range=(0, None)),
+    O("members", int, 1, "train N models alike (member k from seed SEED+k, the same splits) and average their logits: a "
+      "deep ensemble, N times the training time (training/members.py)", range=(1, 16)),
     O("loss", str, "auto", "auto (ce or bce by the task), ce, bce, focal", choices=tuple(LOSSES)),
     O("label_smoothing", float, 0.0, "label smoothing (ce)", range=(0, 1)),
     O("class_weights", class_weights_option, None, "per-class loss weights: auto (inverse train frequency), a list "
@@ -250,6 +252,11 @@ def resolve_config(c):
     out["plan"] = (parse_plan(out["plan"], out["lr"])
                    or default_plan(out["epochs"], out["lr"], out["freeze_epochs"], from_weights))
     return out
+
+
+def flags_of(settings):
+    "train options as the command line spells them ('--preprocessing crop-field --resize-method crop'); unset ones left out."
+    return " ".join(f"{OPTIONS[name].flag} {value}" for name, value in settings.items() if value is not None)
 
 
 def close_options(name, known=()):

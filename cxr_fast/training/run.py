@@ -32,6 +32,7 @@ from .checkpoints import load_last, next_position, resume_hook
 from .features import fit_head_on_features, uses_frozen_features
 from .imbalance import class_weight_values
 from .learner import build_learner, metric_names
+from .members import MEMBERS_DIR, check_members, fit_members
 from .options import OPTIONS, close_options, options_help, resolve_config, train_signature, unknown_option
 from .plans import check_plan, fit_stage, lr_uses_auto
 from .run_folder import (dropped_line, get_table, model_meta, prepare_run_dir, run_fast_audit, table_sha1,
@@ -110,6 +111,7 @@ def train(source=None, root=None, task=None, *, table=None, out=None, cbs=None, 
     config = resolve_config(given)
     if config["tracker"] is None: config["tracker"] = tracking.context_tracker()
     config["processes"] = distributed.setup()
+    check_members(config)
     set_threads()  # torch threads capped at this machine's usable cores (machine.py)
     if config["pretrained"]: ensure_pretrained_available(config["arch"])
     run_dir = Path(out or f"runs/{config['arch']}-{config['task'] or 'table'}").expanduser()
@@ -138,14 +140,16 @@ def train(source=None, root=None, task=None, *, table=None, out=None, cbs=None, 
     hooks = tracking.run_hooks(run_dir, config["tracker"], config["tracker_dir"])  # none in non-main processes
     cbs = [*distributed.trainer_callbacks(config["sync_bn"]), *(cbs or []), *tracking.hook_callbacks(hooks)]
     try:
-        run_plan(learn, config["plan"], run_dir, config, ckpt, cbs)
+        if config["members"] > 1: fit_members(learn, table, run_dir, config, cbs, run_plan)
+        else: run_plan(learn, config["plan"], run_dir, config, ckpt, cbs)
         if not distributed.is_main(): return {"run_dir": str(run_dir), "rank": distributed.rank()}
         with distributed.main_process_alone():  # the other processes have ended: evaluation gathers nothing
             results = finish_run(learn, table, run_dir, config)
     except BaseException as e:
         tracking.close_hooks(hooks, e)
         if isinstance(e, KeyboardInterrupt):
-            print(f"interrupted: continue with --resume true (from {run_dir / 'checkpoints' / 'last.pth'})")
+            where = run_dir / (MEMBERS_DIR if config["members"] > 1 else "checkpoints/last.pth")
+            print(f"interrupted: continue with --resume true (from {where})")
         raise
     tracking.finish_hooks(hooks, results)
     return results

@@ -5,6 +5,7 @@ A config.json written by an older cxr_fast lacks the options added since: `saved
 its default, so such a run still resumes with the same options.
 """
 import hashlib
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from ..models.registry import default_head, input_spec
 from .checkpoints import check_resume
 from .imbalance import subsample_majority_train
 from .losses import resolve_loss_name
+from .members import MEMBERS_DIR
 from .options import OPTIONS
 
 
@@ -40,6 +42,7 @@ def prepare_run_dir(run_dir, config):
                        f"start it again, or another --out")
     for name in ("checkpoints/last.pth", "checkpoints/best.pth", "history.csv"):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / MEMBERS_DIR, ignore_errors=True)  # an ensemble's members (members.py) start again too
     return None
 
 
@@ -110,6 +113,7 @@ def model_meta(config, table, learn, results):
             "data": {"source": table.attrs.get("source") or config["source"], "task": config["task"],
                      "split_method": table.attrs.get("split_method", "as given"),
                      "counts": summarize(table).to_dict(), **data_facts(table)},
+            "members": config["members"],
             "training": {"pretrained": config["pretrained"], "weights": config["weights"], "plan": config["plan"],
                          "seed": config["seed"], "balance_sources": config.get("balance_sources", False)},
             "calibration": (results or {}).get("calibration") or {"method": "none"},

@@ -8,10 +8,11 @@ import numpy as np
 
 from ...data.images import CENTRAL_FIELD
 from ...evaluation.report import fmt, md_table
+from ...training.options import SHORTCUT_MITIGATION, flags_of
 
 STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
-SQUARE_CROP = ("the central field cropped to a square for every image (`--preprocessing crop-field --resize-method crop`: "
+SQUARE_CROP = (f"the central field cropped to a square for every image (`{flags_of(SHORTCUT_MITIGATION)}`: "
                "no image stretched, so shape and border stop reaching the model; of the options measured on DarkCovidNet, "
                "the one that held up best on another hospital's images)")
 COMPRESSION_PATH = ("one compression and intensity path (`--jpeg-quality 30:95 --preprocessing standardize`) was "
