@@ -60,11 +60,6 @@ def covid_sensitivity(test_metrics):
     return entry.get("recall")
 
 
-# pretrained experiments train one model, as every row recorded before the recipe became an ensemble (a key keeps
-# meaning what it measured); `--set members=3` is the recipe as shipped
-ONE_MODEL = {"members": 1}
-
-
 def experiment_config(name, task, overrides):
     "train() keywords of an experiment ('scratch' or 'pretrained:VARIANT') for a task, with --set overrides."
     if name == "scratch":
@@ -72,7 +67,8 @@ def experiment_config(name, task, overrides):
         return {**r.BEST, **r.TASK_OVERRIDES.get(task, {}), "bf16": None, **overrides}  # precision: auto
     recipe, _, variant = name.partition(":")
     if recipe != "pretrained": sys.exit(f"unknown experiment {name!r}: scratch or pretrained:VARIANT")
-    return darkcovidnet_pretrained.fit_config(variant or "best", task, **{**ONE_MODEL, **overrides})
+    one_model = darkcovidnet_pretrained.ONE_MODEL  # a key keeps meaning what it measured; --set members=3: as shipped
+    return darkcovidnet_pretrained.fit_config(variant or "best", task, **{**one_model, **overrides})
 
 
 def fold_row(k, metrics, train_s):

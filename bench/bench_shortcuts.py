@@ -64,9 +64,6 @@ MITIGATIONS = {  # each on top of the recipe's configuration with the mitigation
 
 
 BACK = "hack-"  # 'hack-pretrained': the reverse direction, trained on CoronaHack and scored on DarkCovidNet
-# 'pretrained' is one model, as in every row recorded before the recipe became an ensemble (a key keeps meaning
-# what it measured); the recipe as shipped, three members, is 'pretrained[members=3]'
-ONE_MODEL = {"members": 1}
 BACK_SIZE, BACK_EPOCHS = 128, 4  # bench_cross_source.py's CoronaHack part: 5,300 training images, kept short
 
 
@@ -74,7 +71,7 @@ def experiment_config(name):
     """train() keywords of an experiment: 'pretrained' or 'scratch' (the recipes' configurations), either one with
     any of train's options changed in brackets (OPTIONS), e.g. 'pretrained[size=224;arch=tf_efficientnet_lite2]' or
     'pretrained[tta=true]'; the pretrained plan is made from the changed options (epochs=10 trains 10 epochs);
-    'pretrained' trains one model (ONE_MODEL), 'pretrained[members=3]' the recipe's ensemble;
+    'pretrained' trains one model (the recipe's ONE_MODEL), 'pretrained[members=3]' the recipe's ensemble;
     'hack-pretrained' is the pretrained configuration at BACK_SIZE px, head 2 + all BACK_EPOCHS epochs, for the
     reverse direction."""
     base, _, changes = name.partition("[")
@@ -85,9 +82,10 @@ def experiment_config(name):
         if key not in OPTIONS and key not in plan_options:
             sys.exit(f"{name}: {key!r} is not one of train's options ({', '.join((*OPTIONS, *plan_options))})")
         changed[key] = OPTIONS[key].coerce(value) if key in OPTIONS else type(darkcovidnet_pretrained.BEST[key])(value)
-    if base == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class", **{**ONE_MODEL, **changed})
+    one_model = darkcovidnet_pretrained.ONE_MODEL  # 'pretrained' is one model; the recipe's ensemble: [members=3]
+    if base == "pretrained": return darkcovidnet_pretrained.fit_config("best", "3class", **{**one_model, **changed})
     if base == BACK + "pretrained":
-        return darkcovidnet_pretrained.fit_config("best", "3class", **{**ONE_MODEL, "size": BACK_SIZE,
+        return darkcovidnet_pretrained.fit_config("best", "3class", **{**one_model, "size": BACK_SIZE,
                                                                        "epochs": BACK_EPOCHS, **changed})
     if base == "scratch": return {**darkcovidnet_scratch.BEST, "bf16": None, **changed}
     sys.exit(f"--experiments takes pretrained, scratch and/or {BACK}pretrained (optionally [option=value;...]), "

@@ -144,9 +144,8 @@ def check_fit(model, state, meta, path):
     raise ModelFormatError(
         f"{path.parent}: model.json and model.pth disagree: model.json describes {members_words(meta)}{meta['arch']} "
         f"with head hidden sizes {meta['head'].get('hidden') or 'default'} and {meta['n_out']} outputs, but model.pth "
-        f"holds the weights of "
-        f"another architecture or head ({len(missing)} missing, {len(unexpected)} unexpected and {len(shapes)} "
-        f"differently shaped tensors; {example}); copy both files from the same run")
+        f"holds the weights of another architecture or head ({len(missing)} missing, {len(unexpected)} unexpected and "
+        f"{len(shapes)} differently shaped tensors; {example}); copy both files from the same run")
 
 
 def members_words(meta):

@@ -6,6 +6,7 @@ inside the member it stopped in (`--resume true`); a finished member's weights a
 and not trained again. The members then become one models.ensemble.Ensemble, which the run evaluates and saves like
 any model (model.json: `members`). N members cost N times the training time of one.
 """
+import copy
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,7 @@ def fit_members(learn, table, run_dir, config, cbs, run_plan):
     Ensemble and RUN_DIR/history.csv their histories one after another (a `member` column)."""
     models, histories = [], []
     for k in range(config["members"]):
-        model, history = fit_member(k, table, run_dir, config, cbs, run_plan)
+        model, history = fit_member(k, learn, table, run_dir, config, cbs, run_plan)
         models.append(model)
         histories.append(history.assign(member=k + 1) if history is not None else None)
     device = next(learn.model.parameters()).device
@@ -46,16 +47,18 @@ def fit_members(learn, table, run_dir, config, cbs, run_plan):
     return learn
 
 
-def fit_member(k, table, run_dir, config, cbs, run_plan):
-    "(member k's model with its best weights, its history) trained, resumed or read back from members/K/weights.pth."
+def fit_member(k, run_learn, table, run_dir, config, cbs, run_plan):
+    """(member k's model with its best weights, its history) trained, resumed, or read back from members/K/weights.pth
+    into a copy of the run's model (`run_learn`'s: the same module, no learner to build for a finished member)."""
     folder = member_dir(run_dir, k)
-    member = {**config, "seed": config["seed"] + k}
-    learn = build_learner(member, table, folder)
     done = folder / "weights.pth"
     if done.is_file():
         print(f"member {k + 1} of {config['members']}: trained before ({done})")
-        learn.model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
-        return learn.model, read_history(folder)
+        model = copy.deepcopy(run_learn.model)
+        model.load_state_dict(torch.load(done, map_location="cpu", weights_only=True))
+        return model, read_history(folder)
+    member = {**config, "seed": config["seed"] + k}
+    learn = build_learner(member, table, folder)
     device = getattr(learn.dls, "device", None) or "cpu"
     ckpt = load_last(folder / "checkpoints" / "last.pth", device) if config["resume"] else None
     print(f"member {k + 1} of {config['members']} (seed {member['seed']}){', resumed' if ckpt else ''}")
