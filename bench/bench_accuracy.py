@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 HERE = Path(__file__).resolve().parent
@@ -71,8 +72,9 @@ def experiment_config(name, task, overrides):
     return darkcovidnet_pretrained.fit_config(variant or "best", task, **{**one_model, **overrides})
 
 
-def fold_row(k, metrics, train_s):
-    "One fold's test results: at the model's decision, and at argmax / 0.5 (the paper's rule) when they differ."
+def fold_row(k, metrics, train_s, curve=None):
+    """One fold's test results: at the model's decision, and at argmax / 0.5 (the paper's rule) when they differ;
+    an ensemble's accuracy by its size (members_curve)."""
     test = metrics["test"]
     row = {"fold": k, "accuracy": test["accuracy"], "balanced_accuracy": test["balanced_accuracy"],
            "macro_f1": test["macro_f1"], "covid_sensitivity": covid_sensitivity(test), "n_test": test["n"],
@@ -82,7 +84,32 @@ def fold_row(k, metrics, train_s):
         n_pos, n_neg = at_default["n_positive"], at_default["n_negative"]
         row["accuracy_at_0.5"] = (at_default["sensitivity"] * n_pos + at_default["specificity"] * n_neg) / (n_pos + n_neg)
         row["covid_sensitivity_at_0.5"] = at_default["sensitivity"]
+    if curve: row["members_curve"] = curve
     return row
+
+
+def members_curve(run):
+    """An ensemble run's test accuracy from its first k members' mean logits, k = 1..N (argmax; no retraining):
+    how accuracy grows with the ensemble's size. None for a single model."""
+    import torch
+    from cxr_fast.inference.predictor import load_model
+    from cxr_fast.training.precision import autocast
+    predictor = load_model(run / "model")
+    members = getattr(predictor.model, "members", None)
+    if members is None: return None
+    table = pd.read_csv(run / "table.csv")
+    test = table[table["split"] == "test"]
+    logits = {}  # test row -> (members, classes)
+    for batch in predictor.decoder.batches(list(test["path"])):
+        rows = [i for i, t, _ in batch if not isinstance(t, str)]
+        x = predictor.to_input(torch.stack([t for _, t, _ in batch if not isinstance(t, str)]))
+        with torch.inference_mode(), autocast(predictor.precision):
+            out = torch.stack([m(x).float() for m in members], dim=1)
+        logits.update(zip(rows, out))
+    rows = sorted(logits)
+    sums = torch.stack([logits[i] for i in rows]).cumsum(dim=1)  # (N, members, classes): first-k sums
+    truth = torch.tensor(test["label"].iloc[rows].map(predictor.classes.index).to_numpy())
+    return [round(float((sums[:, k].argmax(dim=1) == truth).float().mean()), 4) for k in range(len(members))]
 
 
 def collect_task(task, out_dir, folds):
@@ -92,7 +119,7 @@ def collect_task(task, out_dir, folds):
         run = out_dir / f"{task}-fold{k}"
         if not (run / "metrics.json").is_file(): continue
         train_s = (run / "metrics.json").stat().st_mtime - (run / "config.json").stat().st_mtime
-        rows.append(fold_row(k, json.loads((run / "metrics.json").read_text()), train_s))
+        rows.append(fold_row(k, json.loads((run / "metrics.json").read_text()), train_s, members_curve(run)))
     return rows
 
 
@@ -104,7 +131,7 @@ def run_task(task, data, out_dir, args, config):
         if args.only_fold is not None and k != args.only_fold: continue
         t0 = time.time()
         res = train(table=fold, out=out_dir / f"{task}-fold{k}", overwrite=True, seed=args.seed + k, **config)
-        rows.append(fold_row(k, res, time.time() - t0))
+        rows.append(fold_row(k, res, time.time() - t0, members_curve(out_dir / f"{task}-fold{k}")))
         print(json.dumps({"task": task, **rows[-1]}), flush=True)
     return summarize_folds(rows, task)
 
@@ -113,6 +140,8 @@ def summarize_folds(rows, task):
     "Mean, spread and COVID-19 sensitivity over the folds."
     at_half = [r["accuracy_at_0.5"] for r in rows if "accuracy_at_0.5" in r]
     extra = {"accuracy_at_0.5_mean": float(np.mean(at_half))} if len(at_half) == len(rows) else {}
+    curves = [r["members_curve"] for r in rows if "members_curve" in r]
+    if curves and len(curves) == len(rows): extra["members_curve_mean"] = np.mean(curves, axis=0).tolist()
     acc = np.array([r["accuracy"] for r in rows])
     sens = np.array([r["covid_sensitivity"] for r in rows if r["covid_sensitivity"] is not None])
     return {"folds": rows, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
@@ -132,6 +161,12 @@ def markdown(results):
             lines.append(f"| {name} | {task} | {len(r['folds'])} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}{at_half} "
                          f"| {r['accuracy_min']:.4f}-{r['accuracy_max']:.4f} | {sens} | {r['paper']:.4f} "
                          f"| {r['train_minutes_total']} min | {exp['machine_summary']} |")
+    curves = [(name, task, r["members_curve_mean"]) for name, exp in results["experiments"].items()
+              for task, r in exp["tasks"].items() if "members_curve_mean" in r]
+    if curves:
+        lines += ["", "Ensembles by size: test accuracy (mean over the folds) of the first k members' mean logits, "
+                  "from the same trained members (argmax of predict's outputs, fp32 on a CPU):", ""]
+        lines += [f"- {name} ({task}): " + ", ".join(f"{k + 1}: {a:.4f}" for k, a in enumerate(c)) for name, task, c in curves]
     lines += ["", "Configurations:", ""]
     lines += [f"- `{name}`: `{json.dumps(exp['config'], default=str)}`" for name, exp in results["experiments"].items()]
     lines += ["", "Per fold:", "", "| experiment | task | fold | accuracy | balanced acc | macro F1 | COVID-19 sens | n test "

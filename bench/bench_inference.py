@@ -11,7 +11,8 @@ sees the same load on a shared machine; best and median of `--repeats` passes ar
   onnx_fp32_forward    onnxruntime on the exported model.onnx, ready tensors
   onnx_int8_forward    onnxruntime on model.int8.onnx (static QDQ int8), ready tensors
   predict_torch_fp32   cxr_fast predict end to end (decode, resize, forward), engine torch, precision fp32
-  predict_torch_auto   the same with precision auto (what this machine picks)
+  predict_torch_bf16   the same with precision bf16 (auto predicts in fp32 on a CPU; earlier results: predict_torch_auto,
+                       which was bf16 on a CPU with native bf16)
   predict_onnx_fp32    cxr_fast predict end to end, engine onnx
   predict_onnx_int8    cxr_fast predict end to end, engine onnx, int8
 The model is trained for `--train-epochs` on images not in the benchmark set (so its probabilities mean
@@ -41,7 +42,7 @@ MODES = {
     "onnx_fp32_forward": "onnxruntime fp32 forward, ready tensors",
     "onnx_int8_forward": "onnxruntime int8 forward, ready tensors",
     "predict_torch_fp32": "cxr_fast predict end to end, torch, --precision fp32",
-    "predict_torch_auto": "cxr_fast predict end to end, torch, --precision auto",
+    "predict_torch_bf16": "cxr_fast predict end to end, torch, --precision bf16",
     "predict_onnx_fp32": "cxr_fast predict end to end, --engine onnx",
     "predict_onnx_int8": "cxr_fast predict end to end, --engine onnx --int8",
 }
@@ -124,7 +125,7 @@ def setup_mode(mode, model_dir, paths, batches, calib_batches, bs):
     from cxr_fast.inference.engines import load_onnx
     if mode.startswith("predict_"):
         _, engine, prec = mode.split("_")
-        pred = make_predictor(model_dir, engine, "auto" if prec == "auto" else "fp32", int8=prec == "int8")
+        pred = make_predictor(model_dir, engine, "bf16" if prec == "bf16" else "fp32", int8=prec == "int8")
         cols = [f"p_{c}" for c in pred.classes]
         return lambda: pred.predict(paths, batch_size=bs)[cols].to_numpy(dtype=np.float32), pred
 

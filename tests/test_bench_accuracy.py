@@ -2,8 +2,14 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+
+from cxr_fast.data.table import build_table
+from cxr_fast.inference.predictor import load_model
+from cxr_fast.training.precision import default_precision
+from cxr_fast.training.run import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_accuracy as B  # noqa: E402
@@ -42,3 +48,23 @@ def test_pretrained_experiments_train_one_model_unless_set():
     "A key keeps meaning what it measured: `pretrained:best` is one model, the recipe's ensemble is --set members=3."
     assert B.experiment_config("pretrained:best", "3class", {})["members"] == 1
     assert B.experiment_config("pretrained:best", "3class", {"members": 3})["members"] == 3
+
+
+def test_members_curve_is_the_accuracy_of_the_first_k_members(tmp_path):
+    "k = N is the ensemble's own accuracy (predict's argmax); k = 1 the first member's alone; one model: None."
+    table = build_table("phantom", tmp_path / "ph", "3class", patients_per_class=6, image_size=48, test_pct=0.3)
+    tiny = dict(arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", audit=False,
+                plan="head:1@1e-3,all:1@1e-5:1e-2")
+    with default_precision("fp32"):
+        train(table=table, out=tmp_path / "ens", members=2, **tiny)
+        train(table=table, out=tmp_path / "one", **tiny)
+        curve = B.members_curve(tmp_path / "ens")
+        test = table[table["split"] == "test"]
+        ensemble = load_model(tmp_path / "ens" / "model").predict(list(test["path"]))
+        first = load_model(tmp_path / "ens" / "model")
+        first.model = first.model.members[0]
+        alone = first.predict(list(test["path"]))
+        assert B.members_curve(tmp_path / "one") is None
+    assert len(curve) == 2
+    assert curve[1] == round(float(np.mean(ensemble["pred"].to_numpy() == test["label"].to_numpy())), 4)
+    assert curve[0] == round(float(np.mean(alone["pred"].to_numpy() == test["label"].to_numpy())), 4)

@@ -117,6 +117,31 @@ def _synth_learner():
     return synth_learner(n_trn=3)
 
 
+def test_auto_predicts_in_fp32_on_any_cpu_and_trains_in_bf16_where_native():
+    "One model file, one answer: predict's auto is fp32 on a CPU with or without bf16; bf16 only when asked for."
+    for flags in (SAPPHIRE_RAPIDS, AVX2_EPYC):
+        p = P.decide_precision("auto", "cpu", flags=flags, env={}, purpose="predict")
+        assert p.name == "fp32" and p.reason == P.PREDICT_FP32
+    assert P.decide_precision("auto", "cpu", flags=SAPPHIRE_RAPIDS, env={}).name == "bf16"  # training
+    assert P.decide_precision("bf16", "cpu", flags=SAPPHIRE_RAPIDS, env={}, purpose="predict").name == "bf16"
+    assert P.decide_precision("auto", "cuda", purpose="predict").name == "fp16"
+
+
+def test_a_bf16_learner_evaluates_in_fp32_as_predict_does():
+    from fastai.learner import Learner
+    from fastai.losses import MSELossFlat
+    from fastai.test_utils import synth_dbunch
+    model = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))  # autocast's matmuls
+    learn = P.apply_precision(Learner(synth_dbunch(), model, loss_func=MSELossFlat()), P.decide_precision("bf16", "cpu"))
+    x = learn.dls.valid.one_batch()[0]
+    with torch.no_grad(): exact = learn.model(x)
+    with learn.no_bar(), learn.no_logging():
+        with P.evaluating_as_predict(learn): inside, _ = learn.get_preds(dl=learn.dls.valid)
+        outside, _ = learn.get_preds(dl=learn.dls.valid)  # bf16 autocast: the outputs rounded to bf16
+    assert any(isinstance(cb, P.CpuBF16Autocast) for cb in learn.cbs)  # back after the block
+    assert torch.equal(inside[:len(exact)], exact) and not torch.equal(outside[:len(exact)], exact)
+
+
 def test_apply_precision_callbacks():
     learn = P.apply_precision(_synth_learner(), P.decide_precision("bf16", "cpu"))
     assert any(isinstance(cb, P.CpuBF16Autocast) for cb in learn.cbs)

@@ -18,8 +18,8 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, thresh
     to stderr. --tta true averages the logits of the plain image and 5 mild zoom/shift views (no flips; default:
     as the model was evaluated, model.json's `tta`); --threshold T (or 'class=t,...') overrides model.json's
     thresholds; --submission FILE writes id,label (multi-label: id + 0/1 per class); --gradcam DIR writes
-    heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: bf16 on a CPU with native bf16, fp16 on CUDA, else
-    fp32; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
+    heatmap overlays; --precision auto|fp32|bf16|fp16 (auto: fp32 on a CPU, the model's exact outputs on any machine;
+    fp16 on CUDA; --bf16 is its deprecated alias), --channels-last true|false (default: with the precision);
     --engine onnx runs model.onnx with onnxruntime (exported on first use, or into ~/.cache/cxr_fast/onnx when the
     model dir is read-only; --int8: the model.int8.onnx `cxr_fast export --int8` wrote,
     faster; its probabilities differ from fp32's, by how much `export --int8` prints); --unsafe-pickle allows loading a

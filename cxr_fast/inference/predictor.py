@@ -14,10 +14,10 @@ channels, /255, and the model's `normalize` statistics. The resize is done on th
 Decoding runs in a thread pool (Pillow releases the GIL while decoding and resizing) that stays
 `prefetch` batches ahead of the model, so decoding overlaps the forward pass; threads rather than
 DataLoader worker processes, so it works the same in notebooks and on any OS, with no pickling.
-The forward pass runs under `torch.inference_mode()` at `precision` (precision.py: `auto` takes bfloat16
-autocast on a CPU with native bf16 (AVX-512 BF16 / AMX), fp16 on CUDA, fp32 otherwise; `fp32` for exact
-fp32 probabilities) with the NHWC memory layout (channels-last); bf16 probabilities stay within
-BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py; the argmax changes only on near-ties).
+The forward pass runs under `torch.inference_mode()` at `precision` (precision.py: `auto` is fp32 on any CPU,
+the model's exact outputs whatever the machine, and fp16 on CUDA; `bf16` asks for bfloat16 autocast, faster on
+a CPU with native bf16) with the NHWC memory layout (channels-last); bf16 probabilities stay within
+BF16_TOLERANCE of fp32 (measured by bench/bench_inference.py), but the argmax moves on near-ties.
 `engine="onnx"` runs the model.onnx (or with `int8`, model.int8.onnx) that export.py wrote, with
 onnxruntime (engines.py): the same preprocessing, decisions and output.
 
@@ -92,8 +92,7 @@ class Predictor:
     "A loaded model plus its preprocessing: `.predict(paths) -> DataFrame` (see the module docstring)."
 
     def __init__(self, model, meta, device=None, precision=None, channels_last=None, source=None, bf16=None):
-        """precision: auto/fp32/bf16/fp16 or a precision.Precision (auto: bf16 on a CPU with native bf16, fp16 on
-        CUDA, else fp32; channels-last with it unless `channels_last` says otherwise); None: auto, or what
+        """precision: auto/fp32/bf16/fp16 or a precision.Precision (auto: fp32 on a CPU, fp16 on CUDA; channels-last with it unless `channels_last` says otherwise); None: auto, or what
         precision.default_precision set; bf16: deprecated alias."""
         self.device = _default_device(device)
         self.meta, self.source = meta, source

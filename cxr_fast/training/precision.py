@@ -5,8 +5,9 @@
     apply_precision(learn, p)              # the fastai callbacks for training
     with autocast(p): model(x)             # the same choice for inference
 
-`auto` takes bf16 autocast on a CPU with native bf16 (AVX-512 BF16 or AMX, and oneDNN allowed to use
-it), fp16 autocast with a gradient scaler and channels-last on CUDA, and fp32 otherwise. bf16 without
+`auto` trains in bf16 autocast on a CPU with native bf16 (AVX-512 BF16 or AMX, and oneDNN allowed to use
+it), fp16 autocast with a gradient scaler and channels-last on CUDA, and fp32 otherwise; it predicts (and a run
+evaluates its splits) in fp32 on any CPU (PREDICT_FP32), so one model file gives one answer. bf16 without
 native support is emulated: issue #13 measured a ResNet18 training step 8x slower under bf16 autocast
 than fp32 on an AVX2 AMD EPYC, so asking for it there warns once, with the cost measured on the spot
 (`measure_bf16_cost`, a small convolution training step timed both ways).
@@ -38,6 +39,14 @@ _BF16_ISA_WORDS = ("ALL", "BF16", "AMX", "FP16", "AVX10")
 # step, bs 32): ResNet18 fp32 26.4 -> 32.0 img/s, EfficientNet-Lite0 fp32 15.0 -> 26.3, bf16 27.1 -> 33.5; with
 # oneDNN capped to AVX2 (bs 16) ResNet18 15.8 -> 17.5, Lite0 19.5 -> 27.8; inference faster too (bench/results.md).
 CPU_CHANNELS_LAST = {"train": True, "predict": True}
+
+
+# Why `auto` predicts (and a run evaluates) in fp32 on a CPU, bf16 machine or not: bf16 autocast changes some argmaxes
+# (bench/results.md: EfficientNet-Lite0's bf16 forward agreed with fp32 on 0.896 of real images), so the same model
+# file would predict differently by machine; 30 CV fold models scored both ways: fp32 ahead at 18 folds, behind at 8
+# (docs/results.md). Speed asks for it: --precision bf16, or --engine onnx (fp32, faster on a CPU).
+PREDICT_FP32 = ("auto for predict on a CPU: fp32, the model's exact outputs on any machine (bf16 autocast turns some "
+                "predictions; --precision bf16 or --engine onnx for speed)")
 
 
 class PrecisionWarning(UserWarning):
@@ -114,6 +123,7 @@ def decide_precision(requested="auto", device=None, flags=None, env=None, cuda_b
     native = cpu_supports_bf16(flags, env)
     cl = CPU_CHANNELS_LAST[purpose]
     if requested == "fp32": return Precision("fp32", requested, device, cl, "fp32 asked for")
+    if requested == "auto" and purpose == "predict": return Precision("fp32", requested, device, cl, PREDICT_FP32)
     if requested == "bf16":
         return Precision("bf16", requested, device, cl,
                          "bf16 autocast asked for" + ("" if native else "; this CPU has no native bf16: emulated, slow"))
@@ -274,6 +284,14 @@ def apply_precision(learn, p):
 
 
 # ---- inference --------------------------------------------------------------------------------
+
+@contextmanager
+def evaluating_as_predict(learn):
+    """Within the block `learn` computes as `predict --precision auto` does on its device: on a CPU in fp32 (a bf16
+    training's autocast off), so a run's reported metrics are what predict gives for its model, on any machine."""
+    with learn.removed_cbs([cb for cb in learn.cbs if isinstance(cb, CpuBF16Autocast)]):
+        yield learn
+
 
 def autocast(p):
     "The autocast context for inference at Precision `p` (a no-op for fp32)."

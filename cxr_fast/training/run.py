@@ -35,6 +35,7 @@ from .learner import build_learner, metric_names
 from .members import MEMBERS_DIR, check_members, fit_members
 from .options import OPTIONS, close_options, options_help, resolve_config, train_signature, unknown_option
 from .plans import check_plan, fit_stage, lr_uses_auto
+from .precision import evaluating_as_predict
 from .run_folder import (dropped_line, get_table, model_meta, prepare_run_dir, run_fast_audit, table_sha1,
                          write_config)
 
@@ -164,7 +165,8 @@ def finish_run(learn, table, run_dir, config):
     best_file = run_dir / "checkpoints" / "best.pth"
     if config["save_best"] and best_file.is_file():
         learn.model.load_state_dict(torch.load(best_file, map_location="cpu", weights_only=True))
-    results = evaluation.evaluate_run(learn, table, run_dir, config=config) or {}
+    with evaluating_as_predict(learn):
+        results = evaluation.evaluate_run(learn, table, run_dir, config=config) or {}
     meta = model_meta(config, table, learn, results)
     save_model_dir(learn.model, run_dir / "model", meta, learn=learn if config["export_pkl"] else None)
     return {**results, "run_dir": str(run_dir)}
