@@ -89,27 +89,23 @@ def fold_row(k, metrics, train_s, curve=None):
 
 
 def members_curve(run):
-    """An ensemble run's test accuracy from its first k members' mean logits, k = 1..N (argmax; no retraining):
-    how accuracy grows with the ensemble's size. None for a single model."""
-    import torch
+    """An ensemble run's test accuracy from its first k members' mean logits, k = 1..N (argmax of predict's outputs;
+    no retraining): how accuracy grows with the ensemble's size. None for a single model."""
     from cxr_fast.inference.predictor import load_model
-    from cxr_fast.training.precision import autocast
+    from cxr_fast.models.ensemble import Ensemble
     predictor = load_model(run / "model")
     members = getattr(predictor.model, "members", None)
     if members is None: return None
     table = pd.read_csv(run / "table.csv")
     test = table[table["split"] == "test"]
-    logits = {}  # test row -> (members, classes)
-    for batch in predictor.decoder.batches(list(test["path"])):
-        rows = [i for i, t, _ in batch if not isinstance(t, str)]
-        x = predictor.to_input(torch.stack([t for _, t, _ in batch if not isinstance(t, str)]))
-        with torch.inference_mode(), autocast(predictor.precision):
-            out = torch.stack([m(x).float() for m in members], dim=1)
-        logits.update(zip(rows, out))
-    rows = sorted(logits)
-    sums = torch.stack([logits[i] for i in rows]).cumsum(dim=1)  # (N, members, classes): first-k sums
-    truth = torch.tensor(test["label"].iloc[rows].map(predictor.classes.index).to_numpy())
-    return [round(float((sums[:, k].argmax(dim=1) == truth).float().mean()), 4) for k in range(len(members))]
+    truth = test["label"].map(predictor.classes.index).to_numpy()
+    curve = []
+    for k in range(1, len(members) + 1):
+        predictor.model = Ensemble(list(members)[:k])  # the first k members, as `predict` runs an ensemble
+        probs, _ = predictor.predict_proba(list(test["path"]))
+        read = ~np.isnan(probs).any(axis=1)  # an unreadable file is left out, not counted wrong
+        curve.append(round(float(np.mean(probs[read].argmax(axis=1) == truth[read])), 4))
+    return curve
 
 
 def collect_task(task, out_dir, folds):
@@ -141,7 +137,7 @@ def summarize_folds(rows, task):
     at_half = [r["accuracy_at_0.5"] for r in rows if "accuracy_at_0.5" in r]
     extra = {"accuracy_at_0.5_mean": float(np.mean(at_half))} if len(at_half) == len(rows) else {}
     curves = [r["members_curve"] for r in rows if "members_curve" in r]
-    if curves and len(curves) == len(rows): extra["members_curve_mean"] = np.mean(curves, axis=0).tolist()
+    if curves and len(curves) == len(rows): extra["members_curve_mean"] = [round(a, 4) for a in np.mean(curves, axis=0).tolist()]
     acc = np.array([r["accuracy"] for r in rows])
     sens = np.array([r["covid_sensitivity"] for r in rows if r["covid_sensitivity"] is not None])
     return {"folds": rows, "accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,

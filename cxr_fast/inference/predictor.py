@@ -92,8 +92,9 @@ class Predictor:
     "A loaded model plus its preprocessing: `.predict(paths) -> DataFrame` (see the module docstring)."
 
     def __init__(self, model, meta, device=None, precision=None, channels_last=None, source=None, bf16=None):
-        """precision: auto/fp32/bf16/fp16 or a precision.Precision (auto: fp32 on a CPU, fp16 on CUDA; channels-last with it unless `channels_last` says otherwise); None: auto, or what
-        precision.default_precision set; bf16: deprecated alias."""
+        """precision: auto/fp32/bf16/fp16 or a precision.Precision (auto: fp32 on a CPU, fp16 on CUDA; channels-last
+        with it unless `channels_last` says otherwise); None: auto, or what precision.default_precision set; bf16:
+        deprecated alias."""
         self.device = _default_device(device)
         self.meta, self.source = meta, source
         self.classes = [str(c) for c in meta["classes"]]
