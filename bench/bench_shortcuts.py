@@ -15,10 +15,13 @@ For an experiment (the pretrained or the from-scratch DarkCovidNet recipe) and a
   No_findings AUROC, the share called COVID-19) and on its Covid-19 images that are not copies of a CoronaHack one;
 - `--audit`: `cxr_fast audit RUN_DIR` on runs already trained (its probes under the run's own preprocessing,
   Grad-CAM outside the central field, file facts).
+Every figure is the run's model scored as `predict` scores it (Predictor, `--precision auto`: fp32 on a CPU, whatever
+precision the run trained in); `--rescore` scores runs already trained again that way (it trains nothing).
 
     python bench/bench_shortcuts.py --experiments pretrained --mitigations none,all --seeds 42,1,2
     python bench/bench_shortcuts.py --experiments 'pretrained[size=224]' --mitigations border --seeds 42
     python bench/bench_shortcuts.py --experiments pretrained --mitigations none,border --seeds 42 --audit
+    python bench/bench_shortcuts.py --experiments pretrained --mitigations none,border --seeds 42,1 --rescore
 
 Resumable: a (experiment, mitigation, seed) already in --out is not run again. Results: --out (JSON) and the
 markdown table beside it, with the machine.
@@ -157,35 +160,67 @@ def back_cross_source(run_dir, dark_root, hack_root):
             "covid_recall_unseen": float((p["pred"][unseen] == "COVID-19").mean()), "n_covid_unseen": int(unseen.sum())}
 
 
-def in_source(metrics):
-    test = metrics["test"]
-    return {"accuracy": test["accuracy"], "covid_auroc": test["per_class"]["Covid-19"]["auc"],
-            "covid_recall": test["per_class"]["Covid-19"]["recall"], "n": test["n"]}
+def scored_split(run_dir, split):
+    "(labels, predictions) of the run's own `split` images, scored by its model as `predict` scores them."
+    table = read_table(Path(run_dir) / "table.csv")
+    table, p = predicted(run_dir, table[table["split"] == split])
+    return table["label"].to_numpy(), p
 
 
-def back_in_source(metrics):
-    "A CoronaHack model's own figures: Kaggle TEST accuracy (Normal/Pneumonia) and its few valid COVID-19 images."
-    test, valid = metrics["test"], metrics["valid"]
-    return {"accuracy": test["accuracy"], "pneumonia_auroc": test["per_class"]["Pneumonia"]["auc"],
-            "valid_covid_recall": valid["per_class"]["COVID-19"]["recall"], "n": test["n"]}
+def accuracy(y, pred):
+    return float((pred.to_numpy() == y).mean())
+
+
+def recall(y, pred, label):
+    return float((pred.to_numpy()[y == label] == label).mean())
+
+
+def in_source(run_dir):
+    """A DarkCovidNet model on its held-out test patients, scored as `predict` scores them (fp32 on a CPU, whatever
+    the run trained in): 3-class accuracy, Covid-19 AUROC and recall."""
+    y, p = scored_split(run_dir, "test")
+    return {"accuracy": accuracy(y, p["pred"]), "covid_auroc": auroc(y == "Covid-19", p["p_Covid-19"]),
+            "covid_recall": recall(y, p["pred"], "Covid-19"), "n": len(y)}
+
+
+def back_in_source(run_dir):
+    """A CoronaHack model's own figures, scored as in_source: Kaggle TEST accuracy (Normal/Pneumonia) and Pneumonia
+    AUROC, and its recall on the few COVID-19 images of its valid split."""
+    y, p = scored_split(run_dir, "test")
+    valid_y, valid_p = scored_split(run_dir, "valid")
+    return {"accuracy": accuracy(y, p["pred"]), "pneumonia_auroc": auroc(y == "Pneumonia", p["p_Pneumonia"]),
+            "valid_covid_recall": recall(valid_y, valid_p["pred"], "COVID-19"), "n": len(y)}
+
+
+def scored(a, run_dir):
+    "A trained run's figures, in-source and across sources, each scored as `predict` scores it."
+    if Path(run_dir).name.startswith(BACK):  # trained on CoronaHack (its Kaggle TEST as test), scored on DarkCovidNet
+        return {"in_source": back_in_source(run_dir), "cross_source": back_cross_source(run_dir, a.dark, a.hack)}
+    return {"in_source": in_source(run_dir), "cross_source": cross_source(run_dir, a.hack)}
+
+
+def now():
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def run_one(a, experiment, mitigation, seed):
     config = {**experiment_config(experiment), **MITIGATIONS[mitigation], "seed": seed, "overwrite": True, "audit": False}
     run_dir = Path(a.runs) / f"{experiment}-{mitigation}-{seed}"
     start = time.time()
-    if experiment.startswith(BACK):  # trained on CoronaHack (its Kaggle TEST as test), scored on DarkCovidNet
-        metrics = train(source="coronahack", root=a.hack, task="3class", valid_pct=0.1, out=run_dir, **config)
-        minutes = round((time.time() - start) / 60, 1)
-        return {"in_source": back_in_source(metrics), "cross_source": back_cross_source(run_dir, a.dark, a.hack),
-                "train_minutes": minutes, "config": {k: str(v) for k, v in MITIGATIONS[mitigation].items()},
-                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    metrics = train(source="folders", root=a.dark, task="folders", classes=darkcovidnet_pretrained.TASK_CLASSES["3class"],
-                    valid_pct=0.1, test_pct=0.2, out=run_dir, **config)
+    if experiment.startswith(BACK):
+        train(source="coronahack", root=a.hack, task="3class", valid_pct=0.1, out=run_dir, **config)
+    else:
+        train(source="folders", root=a.dark, task="folders", classes=darkcovidnet_pretrained.TASK_CLASSES["3class"],
+              valid_pct=0.1, test_pct=0.2, out=run_dir, **config)
     minutes = round((time.time() - start) / 60, 1)
-    return {"in_source": in_source(metrics), "cross_source": cross_source(run_dir, a.hack),
-            "train_minutes": minutes, "config": {k: str(v) for k, v in MITIGATIONS[mitigation].items()},
-            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return {**scored(a, run_dir), "train_minutes": minutes,
+            "config": {k: str(v) for k, v in MITIGATIONS[mitigation].items()}, "measured": now()}
+
+
+def selected(results, a):
+    "The keys of `results` in --experiments x --mitigations x --seeds."
+    want = [a.experiments.split(","), a.mitigations.split(","), a.seeds.split(",")]
+    return [k for k in results if all(part in w for part, w in zip(k.split(" / "), want))]
 
 
 COLUMNS = {  # column: (figure of one run's result, what the column says)
@@ -250,6 +285,14 @@ def mean_rows(results, columns=COLUMNS):
     return rows
 
 
+def scoring_words(results):
+    "The line that says which runs were scored again (`--rescore`) and when; nothing when none was."
+    dates = sorted(r["rescored"] for r in results.values() if r.get("rescored"))
+    if not dates: return []
+    return [f"{len(dates)} of {len(results)} runs scored again with `--rescore` ({dates[0]} to {dates[-1]}): their "
+            "figures are predict's on their saved models now (fp32 on a CPU), not those of the day they trained."]
+
+
 def markdown(all_results, machine):
     results = {k: r for k, r in all_results.items() if not k.startswith(BACK)}
     back = {k: r for k, r in all_results.items() if k.startswith(BACK)}
@@ -259,7 +302,8 @@ def markdown(all_results, machine):
              "CoronaHack's 52 COVID-19 images are copies of DarkCovidNet Covid-19 images: `unseen` columns use only "
              "the copies of each run's held-out test images (about 10 per seed); the last column includes images the "
              "model trained on.",
-             "Mitigations: " + "; ".join(f"`{k}` = {v}" for k, v in MITIGATIONS.items()) + ".", "",
+             "Mitigations: " + "; ".join(f"`{k}` = {v}" for k, v in MITIGATIONS.items()) + ".",
+             *scoring_words(all_results), "",
              "## Means over seeds", "", *md_table(["experiment / mitigation", "seeds", *COLUMNS], mean_rows(results)), "",
              "## Each run", "", *md_table(["experiment / mitigation / seed", *COLUMNS, "train min"], rows), ""]
     if back:
@@ -290,7 +334,8 @@ def main():
     p.add_argument("--experiments", default="pretrained")
     p.add_argument("--mitigations", default="none,all")
     p.add_argument("--seeds", default="42")
-    p.add_argument("--rescore", action="store_true", help="recompute the cross-source figures of runs already trained")
+    p.add_argument("--rescore", action="store_true", help="score again the trained runs of these experiments, "
+                   "mitigations and seeds, in-source and across sources, as predict scores them now; trains nothing")
     p.add_argument("--report", action="store_true", help="only rewrite the markdown from the JSON")
     p.add_argument("--audit", action="store_true", help="audit the trained runs of these experiments, mitigations "
                    "and seeds (probes under the run's preprocessing, Grad-CAM); trains nothing new")
@@ -301,16 +346,15 @@ def main():
         Path(a.out).with_suffix(".md").write_text(markdown(results, saved.get("machine", machine)))
         return
     if a.rescore:
-        for key, r in results.items():
-            run_dir = Path(a.runs) / key.replace(" / ", "-")
-            r["cross_source"] = (back_cross_source(run_dir, a.dark, a.hack) if key.startswith(BACK)
-                                 else cross_source(run_dir, a.hack))
-        write_json(a.out, {"results": results, "machine": machine})
-        Path(a.out).with_suffix(".md").write_text(markdown(results, machine))
+        for key in selected(results, a):
+            results[key].update(scored(a, Path(a.runs) / key.replace(" / ", "-")), rescored=now(),
+                                rescored_machine=machine.get("cpu_model"))
+            write_json(a.out, {"results": results, "machine": machine})
+            Path(a.out).with_suffix(".md").write_text(markdown(results, machine))
+            print(key, json.dumps({k: results[key][k] for k in ("in_source", "cross_source")}), flush=True)
         return
     if a.audit:
-        for key in [k for k in results if k.split(" / ")[0] in a.experiments.split(",")
-                    and k.split(" / ")[1] in a.mitigations.split(",") and k.split(" / ")[2] in a.seeds.split(",")]:
+        for key in selected(results, a):
             if results[key].get("audit"): continue  # resumable
             results[key]["audit"] = audit_figures(Path(a.runs) / key.replace(" / ", "-"))
             write_json(a.out, {"results": results, "machine": machine})

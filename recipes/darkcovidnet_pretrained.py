@@ -11,7 +11,8 @@ and redone by predict; a random crop position in training, the centre after), be
 this set's images tell its sources apart: `make bench-shortcuts` measured what that costs in-source and buys on
 another hospital's images (docs/shortcuts.md); `--preprocessing none --resize-method squish` trains without it.
 Three such models (seeds SEED..SEED+2) are trained and their logits averaged (`--members 3`, a deep ensemble:
-0.831 against 0.793 for one model in the 5-fold CV, docs/results.md; `--members 1` trains one). `make
+0.842 against 0.804 for one model in the 5-fold CV, scored as predict scores them, docs/results.md; `--members 1`
+trains one). `make
 bench-accuracy` measures this configuration (BEST, as one model; `--set members=3` as shipped) and its variants
 (PLANS: fastai's default fine_tune, head only, gradual unfreezing) with patient-grouped 5-fold cross-validation.
 """

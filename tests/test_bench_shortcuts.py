@@ -44,8 +44,30 @@ def test_report_means_seeds_and_keeps_the_reverse_direction_and_the_audits_apart
         "border_only_covid_auroc": 0.88, "center_only_covid_auroc": 0.9, "full_probe_covid_auroc": 0.95,
         "gradcam_outside_share": 0.3, "gradcam_uniform_share": 0.51, "file_facts_covid_auroc": 1.0,
         "probe": "128 px, test split", "verdict": "shortcut"}
+    assert "--rescore" not in bench.markdown(results, {"cpu_model": "test CPU", "cores": 2})
+    results["pretrained / border / 1"]["rescored"] = "2026-12-06 04:00 UTC"
     md = bench.markdown(results, {"cpu_model": "test CPU", "cores": 2})
+    assert "1 of 3 runs scored again with `--rescore` (2026-12-06 04:00 UTC to 2026-12-06 04:00 UTC)" in md
     means, back = md.split("## Each run")[0], md.split("## And back")[1]
     assert "| pretrained / border | 42,1 | 0.750 |" in means and "| 0.800 |" in means  # unseen mean of 0.7, 0.9
     assert "hack-pretrained" not in means and "| hack-pretrained / none | 42 | 0.800 | 0.900 | 0.610 | 0.250 |" in back
     assert "| pretrained / border / 42 | 0.880 | 0.900 | 0.950 | 0.300 | 1.000 | shortcut |" in md
+
+
+def test_in_source_figures_are_the_runs_test_split_scored_as_predict_scores_it(folders_root, tmp_path):
+    from cxr_fast.training.run import train
+    run_dir = tmp_path / "run"
+    metrics = train(source="folders", root=folders_root, task="folders", valid_pct=0.2, test_pct=0.3, out=run_dir,
+                    arch="test_resnet", pretrained=False, size=32, bs=8, num_workers=0, aug="none", plan="all:1@1e-3",
+                    audit=False)
+    figures = bench.in_source(run_dir)
+    assert figures["n"] == metrics["test"]["n"] and 0 < figures["n"] < 36
+    assert figures["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # the report is fp32 on a CPU too
+    assert figures["covid_recall"] == pytest.approx(metrics["test"]["per_class"]["Covid-19"]["recall"])
+
+
+def test_rescore_and_audit_take_the_runs_named_by_experiment_mitigation_and_seed():
+    results = dict.fromkeys(["pretrained / border / 42", "pretrained / border / 1", "pretrained / none / 42",
+                             "pretrained[members=3] / border / 42", "hack-pretrained / border / 42"])
+    a = type("Args", (), dict(experiments="pretrained,hack-pretrained", mitigations="border", seeds="42"))
+    assert bench.selected(results, a) == ["pretrained / border / 42", "hack-pretrained / border / 42"]
