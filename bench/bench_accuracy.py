@@ -49,10 +49,14 @@ def fold_tables(table, folds, seed, by="patient"):
         yield k, t
 
 
-def experiment_key(name, overrides, by="patient"):
-    "Where an experiment's results are kept: its name, plus the --set overrides and the folds when not the default."
+SEED = 42  # the folds (and each fold's training seed, SEED + fold) of every row unless --seed says otherwise
+
+
+def experiment_key(name, overrides, by="patient", seed=SEED):
+    """Where an experiment's results are kept: its name, plus the --set overrides, the folds and the seed when not the
+    defaults (another --seed is a repetition of the CV with other folds, kept beside the first)."""
     sets = "".join(f" --set {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sorted(overrides.items()))
-    return name + sets + ("" if by == "patient" else f" --folds-by {by}")
+    return name + sets + ("" if by == "patient" else f" --folds-by {by}") + ("" if seed == SEED else f" --seed {seed}")
 
 
 def covid_sensitivity(test_metrics):
@@ -202,7 +206,8 @@ def main():
     p.add_argument("--experiments", default="pretrained:best", help="scratch and/or pretrained:VARIANT, comma-separated")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--only-fold", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=SEED, help="the folds' and the trainings' seed: another one repeats the "
+                   "CV with other folds (kept under its own key)")
     p.add_argument("--set", action="append", default=[],
                    help="override a config key, e.g. --set epochs=20 (kept under its own key in --out)")
     p.add_argument("--folds-by", choices=FOLDS_BY, default="patient",
@@ -216,7 +221,7 @@ def main():
         overrides[key] = json_or_text(value)
     results = load_results(a.out, a.data)
     for name in a.experiments.split(","):
-        key = experiment_key(name, overrides, a.folds_by)
+        key = experiment_key(name, overrides, a.folds_by, a.seed)
         exp = results["experiments"].setdefault(key, {"tasks": {}})
         exp.update(machine=machine_info(), config={t: experiment_config(name, t, overrides) for t in a.tasks.split(",")})
         exp["machine_summary"] = machine_summary(exp["machine"])

@@ -41,6 +41,8 @@ def test_overrides_and_image_folds_are_kept_under_their_own_key():
     assert B.experiment_key("pretrained:best", {}) == "pretrained:best"
     assert B.experiment_key("pretrained:best", {"tta": True, "arch": "x"}) == "pretrained:best --set arch=x --set tta=true"
     assert B.experiment_key("scratch", {}, "image") == "scratch --folds-by image"
+    assert B.experiment_key("pretrained:best", {"members": 3}, seed=B.SEED) == "pretrained:best --set members=3"
+    assert B.experiment_key("pretrained:best", {"members": 3}, seed=7) == "pretrained:best --set members=3 --seed 7"
     assert B.json_or_text("2e-3") == 0.002 and B.json_or_text("fp32") == "fp32"
 
 
