@@ -18,6 +18,7 @@ bench-accuracy` measures this configuration (BEST, as one model; `--set members=
 """
 from cxr_fast.apps import recipes
 from cxr_fast.core.errors import CxrError
+from cxr_fast.evaluation.hospitals import find_within_hospital_set, record_within_hospital
 from cxr_fast.training.options import SHORTCUT_MITIGATION
 from cxr_fast.training.run import train
 
@@ -66,13 +67,16 @@ def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3cla
         arch=BEST["arch"], size=BEST["size"], bs=BEST["bs"], head_epochs=BEST["head_epochs"], head_lr=BEST["head_lr"],
         epochs=BEST["epochs"], lr=None, label_smoothing=BEST["label_smoothing"], class_weights=None,
         preprocessing=BEST["preprocessing"], resize_method=BEST["resize_method"], jpeg_quality=BEST["jpeg_quality"],
-        members=BEST["members"], precision="auto", valid_pct=0.1, seed=42, overwrite=True, quick=False):
+        members=BEST["members"], precision="auto", valid_pct=0.1, test_pct=0.0, within_hospital="auto", seed=42,
+        overwrite=True, quick=False):
     """Fine-tune an ImageNet-pretrained `arch` on all of DATA: task 3class (Covid-19/No_findings/Pneumonia) or
     binary (Covid-19 vs No_findings); variant best, fine_tune, head or gradual (see plan_for).
     lr: None = the variant's (best: 2e-3; fine_tune and gradual: 'auto', lr_find's valley);
     class_weights: None = the task's default (binary: 'auto'); preprocessing, resize_method, jpeg_quality: the
     shortcut mitigation (default SHORTCUT_MITIGATION; `--preprocessing none --resize-method squish` turns it off);
-    members: models trained from seeds SEED, SEED+1, ... whose logits are averaged (`--members 1`: one model)."""
+    members: models trained from seeds SEED, SEED+1, ... whose logits are averaged (`--members 1`: one model);
+    within_hospital: a folder with COVID-19/ and Normal/ X-rays from the same hospitals, scored after training
+    (evaluation only) into the report and the model card; auto: DATA/../external_hospitals where it exists, none: not."""
     if task not in TASK_CLASSES: raise CxrError(f"--task must be one of {', '.join(TASK_CLASSES)}, got {task!r}")
     root = recipes.need_data(data, "darkcovidnet")
     config = fit_config(variant, task, arch=arch, size=size, bs=bs, head_epochs=head_epochs, head_lr=head_lr,
@@ -81,9 +85,13 @@ def run(data="data/darkcovidnet", out="runs/darkcovidnet-pretrained", task="3cla
                         preprocessing=preprocessing, resize_method=resize_method, jpeg_quality=jpeg_quality,
                         members=min(members, 2) if quick else members)
     table = recipes.load_data(root, "folders", "folders", quick, classes=TASK_CLASSES[task], valid_pct=valid_pct,
-                              test_pct=0.0, seed=seed)
+                              test_pct=test_pct, seed=seed)
     options = recipes.fit_options(quick, **config)
     if quick:  # smoke mode keeps the pip-installed weights (no download), the variant's stages (1 epoch each) and an
         # ensemble (of two at most)
         options.update(pretrained=config["pretrained"], plan=plan_for(variant, 1, 3, head_lr, config["lr"]))
-    return recipes.headline(train(table=table, out=out, **options))
+    result = recipes.headline(train(table=table, out=out, **options))
+    external = find_within_hospital_set(root) if within_hospital == "auto" else within_hospital
+    if external and str(external) != "none":
+        result["within_hospital"] = record_within_hospital(result["run_dir"], external)
+    return result

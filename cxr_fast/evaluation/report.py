@@ -90,10 +90,14 @@ def data_section(table, leakage=True):
     elif leakage: lines += ["No patient or near-duplicate image is shared between splits.", ""]
     if absent: lines += ["**Classes absent from a split** (their metrics there are n/a):", "",
                          *[f"- {p['detail']}" for p in absent], ""]
+    lonely = [p for p in problems if p["kind"] == "single_source_class"]
+    if lonely: lines += ["**Warning: classes from one source only** (the source's look can stand in for the class):", "",
+                         *[f"- {p['detail']}" for p in lonely], ""]
     flagged = [p for p in problems if p["kind"] == "input_warning"]
     if flagged: lines += [f"**Input warnings** (rows kept): {len(flagged)} images do not look like frontal chest "
                           f"radiographs (guards.py):", "", "```", *format_problems(flagged, 5), "```", ""]
-    other = [p for p in problems if p["kind"] not in ("shared_patient", "near_duplicate", "class_absent", "input_warning")]
+    other = [p for p in problems if p["kind"] not in ("shared_patient", "near_duplicate", "class_absent", "input_warning",
+                                                 "single_source_class")]
     if other: lines += ["Other problems found while building the table (rows dropped):", "",
                         "```", *format_problems(other, 5), "```", ""]
     return lines

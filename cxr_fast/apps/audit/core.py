@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ...core.errors import CxrError
 from ...core.jsonio import read_json
+from ...data.labels import label_strings
 from ...data.table import read_table
-from .fast import fast_audit, succeeded, write_audit
+from .fast import fast_audit, succeeded, summary, write_audit
 from .file_facts import require_two_classes
 from .verdict import verdict
 
@@ -45,12 +46,15 @@ def run_figures(run_dir):
             "accuracy": (metrics.get(split) or {}).get("accuracy")}
 
 
-def audit(source, root=None, task=None, *, out=None, probes=True, gradcam=True, probe_size=None, probe_epochs=None,
-          folds=5, seed=0, valid_pct=0.2, test_pct=0.2, classes=None, table=None, quiet=True, **source_options):
+def audit(source, root=None, task=None, *, out=None, probes=True, gradcam=True, counterfactual=True, probe_size=None,
+          probe_epochs=None, folds=5, seed=0, valid_pct=0.2, test_pct=0.2, classes=None, table=None, quiet=True,
+          **source_options):
     """Audit a dataset (SOURCE ROOT --task, sources joined by '+', or `table=`) or a trained run (`audit(RUN_DIR)`).
 
     probes: train the pixel probes (full / border only / central field only; small and short, see probes.py);
     gradcam: for a run, the share of Grad-CAM mass outside the central field over its held-out split;
+    counterfactual: for a run, its held-out images stored and acquired other ways (counterfactual.py), how far the
+    model moves; a run's audit also goes into its model card (model.json `audit`);
     probe_size, probe_epochs: the probes' image size and epochs (default 128 px, 3 epochs);
     folds: the file facts' patient-grouped cross-validation folds; out: where audit.json and audit.md go.
     Returns the audit.json dict (`file_facts.auroc` = {class: AUROC}, `pixel`, `sources`, `verdict`...)."""
@@ -84,12 +88,38 @@ def audit(source, root=None, task=None, *, out=None, probes=True, gradcam=True, 
     if run_dir is not None:
         result["run"] = run_figures(run_dir)
         if gradcam: result["gradcam"] = run_gradcam(run_dir, table, limitations)
+        if counterfactual: result["counterfactual"] = run_counterfactual(run_dir, table, limitations)
     full = (result.get("run") or {}).get("auroc") or ((succeeded(result.get("pixel")) or {}).get("full") or {}).get("auroc")
     result["verdict"] = verdict(succeeded(result.get("file_facts")), result.get("sources"), succeeded(result.get("pixel")),
-                                succeeded(result.get("gradcam")), full)
+                                succeeded(result.get("gradcam")), full, succeeded(result.get("counterfactual")))
     result["limitations"] = limitations
     if out is not None: write_audit(result, out)
+    if run_dir is not None: record_in_card(run_dir, result)
     return result
+
+
+def record_in_card(run_dir, result):
+    "The run audit's summary (verdict, counterfactual) into the run's model.json and MODEL_CARD.md."
+    from ...models.folder import read_model_json, write_model_json
+    model_dir = run_dir / "model"
+    if (model_dir / "model.json").is_file():
+        write_model_json(model_dir, {**read_model_json(model_dir), "audit": {**summary(result), "of": "the run"}})
+
+
+def run_counterfactual(run_dir, table, limitations):
+    "The acquisition counterfactual (counterfactual.py) over the run's held-out split, as predict runs the model."
+    from ...inference.predictor import Predictor
+    from .counterfactual import MAX_IMAGES, counterfactual
+    from .probes import held_out_split
+    split = held_out_split(table)
+    rows = table[table["split"] == split].sample(frac=1, random_state=0)  # a mix of classes when capped
+    try:
+        out = counterfactual(Predictor.from_dir(run_dir / "model"), rows["path"], label_strings(rows))
+    except CxrError as e:
+        limitations.append(f"acquisition counterfactual not measured: {e}")
+        return {"error": str(e)}
+    if len(rows) > MAX_IMAGES: limitations.append(f"counterfactual over {MAX_IMAGES} of {len(rows)} {split} images")
+    return {**out, "split": split}
 
 
 def run_gradcam(run_dir, table, limitations):

@@ -38,7 +38,14 @@ def summary(result):
     pixel = succeeded(result.get("pixel")) or {}
     return {"level": result["verdict"]["level"], "verdict": result["verdict"]["text"],
             "file_facts_auroc": ff.get("auroc"), "acquisition_auroc": (ff.get("acquisition") or {}).get("auroc"),
-            "border_only_auroc": (pixel.get("border_only") or {}).get("auroc")}
+            "border_only_auroc": (pixel.get("border_only") or {}).get("auroc"),
+            "counterfactual": counterfactual_summary(succeeded(result.get("counterfactual")))}
+
+
+def counterfactual_summary(cf):
+    "What the card keeps of the acquisition counterfactual: the share of predictions each change flipped."
+    if not cf: return None
+    return {"n": cf["n"], "worst": cf["worst"], "flipped": {c: m["flipped"] for c, m in cf["changes"].items()}}
 
 
 def write_audit(result, out):

@@ -7,17 +7,18 @@ are stated in the text and in audit.json, so a reader can judge them.
 import numpy as np
 
 from ...data.images import CENTRAL_FIELD
+from .counterfactual import finding as counterfactual_finding, lines as counterfactual_lines
 from ...evaluation.report import fmt, md_table
 from ...training.options import SHORTCUT_MITIGATION, flags_of
 
 STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
 SQUARE_CROP = (f"the central field cropped to a square for every image (`{flags_of(SHORTCUT_MITIGATION)}`: "
-               "no image stretched, so shape and border stop reaching the model; of the options measured on DarkCovidNet, "
-               "the one that held up best on another hospital's images)")
+               "no image stretched, so shape and border reach the model less; it hides the file's look, not the "
+               "hospital's: on DarkCovidNet it left the model near chance where COVID-19 and normal come from the same "
+               "hospitals, docs/shortcuts.md)")
 COMPRESSION_PATH = ("one compression and intensity path (`--jpeg-quality 30:95 --preprocessing standardize`) was "
-                    "measured too: it kept in-source accuracy but ranked unseen COVID-19 images lower on another "
-                    "hospital's")
+                    "measured too (docs/shortcuts.md)")
 MITIGATION = {  # what `train` offers against each kind of finding, measured best first (docs/shortcuts.md)
     "border": (SQUARE_CROP,),
     "acquisition": (SQUARE_CROP, COMPRESSION_PATH),
@@ -66,14 +67,16 @@ def advice(kinds):
     "What to train with against the kinds of shortcut found, and what no option fixes."
     if not kinds: return None
     options = "; ".join(dict.fromkeys(option for k in MITIGATION if k in kinds for option in MITIGATION[k]))  # once each
-    return (f"To train past it: {options}; then `audit RUN_DIR` and `evaluate` on another source to see what is left. "
-            "No option fixes a class that comes from one source only: that needs images of every class from the "
-            "same hospitals.")
+    return (f"To train past it: {options}; then `audit RUN_DIR`, and score the model where COVID-19 and normal come "
+            "from the same hospitals (`--within-hospital DIR`; a pair of sources, one per class, is told apart by the "
+            "source and proves nothing). No option fixes a class that comes from one source only: that needs each "
+            "class from several sources (`recipe covid-multisource`) or from the same hospitals.")
 
 
-def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None):
+def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None, counterfactual=None):
     """{"level": "shortcut"|"warning"|"none", "findings": [sentences], "text": one paragraph}. full_auc: {class:
-    AUROC} of the model the verdict speaks of (a run's own test figures, or the full-image probe)."""
+    AUROC} of the model the verdict speaks of (a run's own test figures, or the full-image probe); counterfactual:
+    a run's acquisition counterfactual (counterfactual.py)."""
     findings, level, kinds = [], 0, set()
     classes = list((file_facts or {}).get("auroc") or ((pixel or {}).get("full") or {}).get("auroc") or {})
     for cls in classes:
@@ -89,6 +92,8 @@ def verdict(file_facts, sources=None, pixel=None, gradcam=None, full_auc=None):
             findings.append(f"The model's Grad-CAM puts {out:.0%} of its mass outside the central field "
                             f"(a uniform map: {uniform:.0%}): it looks at the border.")
             level, kinds = max(level, 1), kinds | {"border"}
+    moved, lv = counterfactual_finding(counterfactual)
+    if moved: findings.append(moved); level, kinds = max(level, lv), kinds | {"acquisition"}
     if level == 0:  # nothing but content-mixed notes, or nothing at all
         notes = " ".join(findings)
         best_acq = max((v for v in ((file_facts or {}).get("acquisition") or {}).get("auroc", {}).values()
@@ -176,6 +181,7 @@ def render(result):
         f"{c} {fmt(a, 2)}" for c, a in (result["run"].get("auroc") or {}).items()) + f" ({result['run']['split']} split).", ""]
     lines += file_facts_lines(result.get("file_facts")) + sources_lines(result.get("sources"))
     lines += pixel_lines(result.get("pixel")) + gradcam_lines(result.get("gradcam"))
+    lines += counterfactual_lines(result.get("counterfactual"))
     if result.get("limitations"):
         lines += ["## Limitations of this audit", ""] + [f"- {x}" for x in result["limitations"]] + [""]
     lines += [f"Thresholds: AUROC >= {NOTABLE} from a shortcut alone is a warning, >= {STRONG} a shortcut; "
