@@ -115,3 +115,25 @@ def test_the_run_probes_keep_only_train_options():
     from cxr_fast.apps.audit.probes import RUN_OPTIONS_KEPT
     from cxr_fast.training.options import OPTIONS
     assert set(RUN_OPTIONS_KEPT) <= set(OPTIONS), set(RUN_OPTIONS_KEPT) - set(OPTIONS)
+
+
+def test_an_audit_of_two_images_of_a_class_says_too_few_to_tell_and_does_not_warn(tmp_path, capsys):
+    root = phantom_folders(tmp_path / "few", planted=False, n_patients=10)
+    rng = np.random.default_rng(5)
+    for k in range(2):  # two Pneumonia images, stored as the planted shortcut would store them
+        img = Image.fromarray(draw_phantom("Pneumonia", _anatomy(rng), 48, rng)).convert("RGB").resize((57, 48))
+        img.save(root / "Pneumonia" / f"extra{k}.jpg")
+    for f in (root / "Pneumonia").glob("*.png"): f.unlink()
+    assert main(["audit", "folders", str(root), "--task", "folders", "--out", str(tmp_path / "a"), "--probes", "false"]) == 0
+    result, md = read_audit(tmp_path / "a")
+    assert "Pneumonia" in result["file_facts"]["too_few"]
+    assert result["verdict"]["level"] == "none" and "too few images to tell" in result["verdict"]["text"]
+    assert "too few images to tell" in md and "predictable from file facts" not in md
+
+
+def test_file_fact_aurocs_carry_their_interval_and_the_verdict_names_it(tmp_path):
+    root = phantom_folders(tmp_path / "planted")
+    result = cxr_fast.audit("folders", str(root), "folders", out=tmp_path / "a", probes=False)
+    low, high = result["file_facts"]["acquisition"]["ci"]["Pneumonia"]
+    assert low <= result["file_facts"]["acquisition"]["auroc"]["Pneumonia"] <= high and low >= 0.9
+    assert f"[{low:.2f}, {high:.2f}]" in result["verdict"]["text"]

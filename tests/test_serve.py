@@ -335,7 +335,37 @@ def test_nothing_the_browser_sends_reaches_a_server_path(server, models):
     assert status == 200 and Image.open(io.BytesIO(body)).format == "PNG"
     assert get(url, "api/models", headers={"Host": "attacker.example"})[0] == 400  # no DNS rebinding
     status, page = get(url, "")
-    assert status == 200 and b"not a medical device" in page and b"http" not in page.split(b"<script>")[1]
+    assert status == 200 and b"not a medical device" in page and b'<script src="app.js"></script>' in page
+    assert b"<script>" not in page  # no inline script: the policy below allows only the page's own
+    status, script = get(url, "app.js")
+    assert status == 200 and b"http" not in script and b"api/models" in script
+    with urllib.request.urlopen(url, timeout=30) as r: policy = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+
+
+def test_a_multipart_form_upload_is_read_like_a_raw_body(server, models):
+    url, data = server["url"], models["images"][0].read_bytes()
+    body = (b'--cxrB0undary\r\nContent-Disposition: form-data; name="file"; filename="scan.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--cxrB0undary--\r\n")
+    status, out = post(url, body, filename="ignored", headers={"Content-Type": "multipart/form-data; boundary=cxrB0undary"})
+    assert status == 200 and out["filename"] == "scan.png", out
+    assert out["probs"] == post(url, data, filename="scan.png")[1]["probs"]
+    empty = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\nhello\r\n--b--\r\n'
+    status, out = post(url, empty, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert status == 400 and "holds no file" in out["error"]
+
+
+def test_a_model_cards_script_links_are_dropped_and_the_weights_path_is_not_shown(models, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(models["tiny"], folder)
+    (folder / "MODEL_CARD.md").write_text("[x](javascript:alert(document.domain)) [ok](https://example.org) "
+                                          "[rel](docs/a.md) [m](mailto:a@b.c) [y]( JaVaScRiPt:alert(1))\n")
+    card = model_card_html("tiny", json.loads((folder / "model.json").read_text()), folder)
+    assert "javascript" not in card.lower() and '<a href="https://example.org">' in card
+    assert '<a href="docs/a.md">' in card and '<a href="mailto:a@b.c">' in card
+    from cxr_fast.evaluation.card import describe_provenance
+    line = describe_provenance({"source": "pip package", "file": "/opt/site-packages/w/lite0.pth", "sha256": "ab" * 32})
+    assert "lite0.pth" in line and "/opt/site-packages" not in line
 
 
 # ---- the page in a real browser ----

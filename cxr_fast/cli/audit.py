@@ -3,10 +3,12 @@ from pathlib import Path
 
 from ..apps.audit.core import audit, is_run_dir
 from ..core.errors import CxrError
+from ..data.images import MAX_PIXELS, set_max_pixels
 
 
-def audit_command(source, root=None, task=None, out=None, probes=True, gradcam=True, counterfactual=True, probe_size=None,
-                  probe_epochs=None, folds=5, seed=0, valid_pct=0.2, test_pct=0.2, classes=None, **source_options):
+def audit_command(source, root=None, task=None, out=None, probes=True, gradcam=True, counterfactual=True,
+                  probe_size=None, probe_epochs=None, folds=5, seed=0, valid_pct=0.2, test_pct=0.2, classes=None,
+                  max_pixels=MAX_PIXELS, **source_options):
     """Audit a dataset or a trained run for shortcuts: does the label show in the file header, the image border,
     the source? Writes OUT/audit.json and OUT/audit.md and prints the verdict; exits 0 whatever it finds.
 
@@ -16,9 +18,10 @@ def audit_command(source, root=None, task=None, out=None, probes=True, gradcam=T
     Options: --probes true|false (pixel probes: short trainings on the border only and the central field only;
     --probe-size 128 --probe-epochs 3), --gradcam true|false (a run: Grad-CAM mass outside the central field),
     --counterfactual true|false (a run: its held-out images stored and acquired other ways, how far it moves),
-    --folds 5 (file facts' patient-grouped CV), --seed, --valid-pct, --test-pct 0.2 (a held-out split for the
+    --max-pixels N (larger images are unreadable rows, never decoded), --folds 5 (file facts' patient-grouped CV), --seed, --valid-pct, --test-pct 0.2 (a held-out split for the
     probes where the source has none), --classes, and the source's own options."""
     from ..core.args import as_bool, as_float, as_int
+    set_max_pixels(as_int(max_pixels, "max-pixels", 1))
     if is_run_dir(source) and out is None: out = Path(str(source)).expanduser() / "audit"
     if out is None or str(out).strip() == "": raise CxrError("--out DIR is required (where audit.json and audit.md go)")
     options = {k.replace("-", "_"): v for k, v in source_options.items()}

@@ -4,10 +4,11 @@ from ..evaluation.report import md_table, with_ci
 from ..evaluation.runs import compare, compare_markdown, evaluate
 from ..training.options import OPTIONS  # --seed, --bs and --precision as train takes them
 from ..core.args import as_choice, as_int
+from ..data.images import MAX_PIXELS, set_max_pixels
 
 
 def evaluate_command(model_dir, source, root, task=None, out=None, classes=None, split="all", n_boot=N_BOOT, seed=0,
-                     bs=32, gradcam=8, precision="auto", **source_options):
+                     bs=32, gradcam=8, precision="auto", max_pixels=MAX_PIXELS, **source_options):
     """Evaluate a trained model on another labelled dataset: metrics with 95% CIs, figures, report.md.
 
     Args:
@@ -22,8 +23,10 @@ def evaluate_command(model_dir, source, root, task=None, out=None, classes=None,
       n_boot: bootstrap resamples for the confidence intervals (0: none)
       gradcam: how many images get a Grad-CAM heatmap (0: none)
       precision: auto (chosen by the machine), fp32, bf16 or fp16, as for predict
+      max_pixels: larger images (width x height, from the header) are left out, never decoded
       source_options: source options, e.g. --kaggle-split false (coronahack)
     """
+    set_max_pixels(as_int(max_pixels, "max-pixels", 1))
     result = evaluate(str(model_dir), str(source), str(root), task=task, out=out, classes=classes,
                       split=as_choice(split, ["all", "train", "valid", "test"], "split"), n_boot=as_int(n_boot, "n-boot", 0),
                       seed=OPTIONS["seed"].coerce(seed), bs=OPTIONS["bs"].coerce(bs), n_gradcam=as_int(gradcam, "gradcam", 0),

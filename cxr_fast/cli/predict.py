@@ -6,11 +6,12 @@ from ..inference.predictor import format_predictions, parse_threshold, predict
 from ..models.folder import card_path
 from ..training.options import OPTIONS  # --tta, --precision and --bf16 as train takes them
 from ..core.args import as_bool, as_int
+from ..data.images import MAX_PIXELS, set_max_pixels
 
 
 def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, threshold=None, batch_size=32,
                     submission=None, unsafe_pickle=False, precision="auto", engine="torch", int8=False,
-                    channels_last=None, device=None, workers=None, bf16=None):
+                    channels_last=None, device=None, workers=None, bf16=None, max_pixels=MAX_PIXELS):
     """Predict images, folders (recursive), globs, or a CSV with a `path` column.
 
     Writes path, pred, p_<class>..., error, warning (the input guard's: another modality, body part or view,
@@ -23,8 +24,11 @@ def predict_command(model_dir, *inputs, out=None, gradcam=None, tta=None, thresh
     --engine onnx runs model.onnx with onnxruntime (exported on first use, or into ~/.cache/cxr_fast/onnx when the
     model dir is read-only; --int8: the model.int8.onnx `cxr_fast export --int8` wrote,
     faster; its probabilities differ from fp32's, by how much `export --int8` prints); --unsafe-pickle allows loading a
-    fastai export.pkl (a pickle runs code: only for files you trust). Exit status 1 if any image failed."""
+    fastai export.pkl (a pickle runs code: only for files you trust); --max-pixels N: larger images (width x height,
+    read from the header) are an error row, never decoded (default 50 megapixels, as serve's). Exit status 1 if any
+    image failed."""
     if not inputs: raise CxrError("give at least one INPUT: image files, folders, globs or a CSV with a path column")
+    set_max_pixels(as_int(max_pixels, "max-pixels", 1))
     maybe_bool = lambda value, name: None if value is None else as_bool(value, name)  # noqa: E731  None: the default
     df = predict(model_dir, [str(i) for i in inputs], out=out, gradcam=gradcam,
                  tta=None if tta is None else OPTIONS["tta"].coerce(tta),  # None: as model.json says

@@ -2,6 +2,7 @@
 from ..apps.serve.server import (DEFAULT_HOST, DEFAULT_PORT, LOOPBACK, LOOPBACK_NAMES, MAX_PIXELS, MAX_UPLOAD_MB,
                                  QUEUE_SIZE, bind_socket, bundled_examples, create_app, load_models)
 from ..core.errors import CxrError
+from ..data.images import set_max_pixels
 from ..core.args import as_float, as_int
 
 
@@ -32,6 +33,7 @@ def serve_command(*model_dirs, host=DEFAULT_HOST, port=DEFAULT_PORT, max_upload_
     if port > 65535: raise CxrError(f"--port must be <= 65535, got {port}")
     queue_size = as_int(queue_size, "queue-size", 1)
     max_pixels = as_int(max_pixels, "max-pixels", 1)
+    set_max_pixels(max_pixels)  # the decoder's own limit, the same number
     max_upload_mb = as_float(max_upload_mb, "max-upload-mb", 0.001)
     host = str(host)
     models = load_models([str(m) for m in model_dirs], device=device)

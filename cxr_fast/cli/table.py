@@ -2,10 +2,11 @@
 from ..data.load import load_table, print_table_report
 from ..data.table import write_table
 from ..core.args import as_bool, as_choice, as_int
+from ..data.images import MAX_PIXELS, set_max_pixels
 
 
 def table_command(source, root, task=None, out=None, valid_pct=0.2, test_pct=0.0, seed=42, classes=None,
-                  dedup="warn", show_batch=None, summary=False, size=224, **options):
+                  dedup="warn", show_batch=None, summary=False, size=224, max_pixels=MAX_PIXELS, **options):
     """Build the canonical table of a dataset, print class counts per split and every problem found.
 
     Args:
@@ -19,9 +20,11 @@ def table_command(source, root, task=None, out=None, valid_pct=0.2, test_pct=0.0
       dedup: warn | drop | off: near-duplicate images across splits
       show_batch: save a PNG of one augmented training batch here
       summary: print fastai's DataBlock.summary for the first item
+      max_pixels: larger images (width x height, from the header) are an unreadable row, never decoded
       options: source options, e.g. --balance 0.045 --kaggle-split false (coronahack), --multi-image skip (siim)
     """
     dedup = as_choice(dedup, ["warn", "drop", "off"], "dedup")
+    set_max_pixels(as_int(max_pixels, "max-pixels", 1))
     df = load_table(source, root, task, valid_pct, test_pct, seed, classes, dedup, **options)
     print_table_report(df)
     if out:

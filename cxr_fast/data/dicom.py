@@ -235,3 +235,13 @@ def write_dicom(path, arr, photometric="MONOCHROME2", bits_stored=None, syntax=N
     ds.preamble = None
     dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
     return path
+
+
+def dicom_size(file):
+    "(columns, rows) from a DICOM header (a path or a file object), or None when the header does not say."
+    import pydicom
+    try:
+        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns"], force=True)
+        return int(ds.Columns), int(ds.Rows)
+    except Exception:
+        return None  # the decoding step reports what is wrong with the file

@@ -6,12 +6,13 @@ and normalised with ImageNet statistics, so ImageNet backbones and our own model
 input whatever the file's colour mode was (this also removes one way a model can tell sources apart).
 """
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .dicom import looks_like_dicom, read_dicom_image, scale_to_uint8
+from .dicom import dicom_size, looks_like_dicom, read_dicom_image, scale_to_uint8
 from ..core.errors import DataError
 
 RASTER_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -45,16 +46,50 @@ def to_grayscale(img):
     return img.convert("L")
 
 
+MAX_PIXELS = 50_000_000  # larger images are refused from their header, before decoding (real chest X-rays: <= ~18 Mpx)
+_limit = {"max_pixels": MAX_PIXELS}  # every reader's limit in this process (set_max_pixels: --max-pixels)
+
+
+def set_max_pixels(n):
+    "Set the largest image (width x height) every reader decodes in this process (predict's --max-pixels)."
+    _limit["max_pixels"] = int(n)
+
+
+def max_pixels():
+    return _limit["max_pixels"]
+
+
+def check_pixels(file, size):
+    "DataError naming `file` when `size` (width, height) is over the limit: refused before anything is decoded."
+    if size is None: return
+    w, h = size
+    if w * h > max_pixels():
+        raise DataError(f"{file}: {w} x {h} pixels ({w * h / 1e6:.0f} megapixels) is over the limit of "
+                        f"{max_pixels() / 1e6:g} megapixels, not decoded (a decompression bomb, or far beyond a chest "
+                        f"X-ray); --max-pixels N raises the limit (predict, evaluate, table, audit, serve)")
+
+
 def _open_raster(path, draft_size=None):
-    with Image.open(path) as img:
-        if draft_size is not None and img.format == "JPEG": img.draft("L", draft_size)
-        img.load()  # decode now: a truncated file fails here, with its path
-        return to_grayscale(img)
+    with warnings.catch_warnings():  # Pillow's own warning: the limit above says it in one line instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError:  # over twice Pillow's MAX_IMAGE_PIXELS: it will not even open it
+            raise DataError(f"{path}: over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, not decoded (a "
+                            f"decompression bomb?); the limit is {max_pixels() / 1e6:g} megapixels") from None
+        with opened as img:
+            check_pixels(path, img.size)
+            if draft_size is not None and img.format == "JPEG": img.draft("L", draft_size)
+            img.load()  # decode now: a truncated file fails here, with its path
+            return to_grayscale(img)
 
 
 def _decode(file, dicom, draft_size=None):
     "A DICOM or raster file (a path or an InMemoryFile) as 8-bit grayscale, or DataError naming it."
-    if dicom: return read_dicom_image(file)
+    if dicom:
+        check_pixels(file, dicom_size(file))
+        if isinstance(file, io.BytesIO): file.seek(0)
+        return read_dicom_image(file)
     try:
         return _open_raster(file, draft_size)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -66,6 +101,8 @@ def load_image(path, draft_size=None):
 
     `draft_size` lets JPEG decoding skip detail below that size (much faster for large files)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path}: a symbolic link that loops or points to nothing; fix or remove the link")
     if not path.is_file(): raise DataError(f"{path}: no such image file")
     dicom = is_dicom_file(path)
     if not dicom and path.suffix.lower() not in RASTER_SUFFIXES:

@@ -51,7 +51,8 @@ def describe_provenance(record):
     "One line: where the starting weights came from, from weights.py's provenance record (here: modelio -> card)."
     if not record: return "not recorded"
     parts = [str(record.get("source", "?"))]
-    parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir", "file") if record.get(k)]
+    parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir") if record.get(k)]
+    if record.get("file"): parts.append(f"file {Path(str(record['file'])).name}")  # its name: the sha256 says which
     if record.get("sha256"): parts.append(f"sha256 {record['sha256'][:16]}...")
     if record.get("pretrained_on"): parts.append(f"pretrained on {record['pretrained_on']}")
     return ", ".join(parts)

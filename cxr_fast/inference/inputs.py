@@ -16,7 +16,11 @@ def _folder_images(folder):
     "Image files under `folder` (recursive, sorted; hidden files skipped) and the other files found."
     images, skipped = [], []
     for p in sorted(Path(folder).rglob("*")):
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(folder).parts): continue
+        if any(part.startswith(".") for part in p.relative_to(folder).parts): continue
+        if p.is_symlink() and not p.exists():  # a loop or a dangling link: an error row naming it, not silence
+            images.append(str(p))
+            continue
+        if not p.is_file(): continue
         if p.suffix.lower() in IMAGE_SUFFIXES or (p.suffix == "" and is_dicom_file(p)): images.append(str(p))
         else: skipped.append(str(p))
     return images, skipped

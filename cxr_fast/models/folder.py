@@ -66,7 +66,45 @@ def read_model_json(model_dir):
                                f"{FORMAT_VERSION}. Install the cxr_fast version that wrote it, or retrain.")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing: raise ModelFormatError(f"{path}: missing keys {missing}")
+    check_fields(meta, path)
     return meta
+
+
+def _positive_int(v): return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _numbers(v, n): return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not
+                                                                        isinstance(x, bool) for x in v)
+
+
+FIELD_CHECKS = {  # model.json field: (test of its value, what it must be)
+    "arch": (lambda v: isinstance(v, str) and v.strip() != "", "a non-empty architecture name"),
+    "n_out": (_positive_int, "a positive integer"),
+    "classes": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(c, str) and c for c in v),
+                "a list of class names"),
+    "multilabel": (lambda v: isinstance(v, bool), "true or false"),
+    "task": (lambda v: isinstance(v, str), "a task name"),
+    "img_size": (lambda v: _positive_int(v) or (isinstance(v, list) and len(v) == 2 and all(map(_positive_int, v))),
+                 "a positive integer (or [height, width])"),
+    "head": (lambda v: isinstance(v, dict), "an object"),
+    "normalize": (lambda v: isinstance(v, dict) and _numbers(v.get("mean"), 3) and _numbers(v.get("std"), 3)
+                  and all(x > 0 for x in v["std"]), "{'mean': [3 numbers], 'std': [3 positive numbers]}"),
+    "members": (lambda v: v is None or _positive_int(v), "a positive integer"),
+    "resize_method": (lambda v: isinstance(v, str), "a resize method name"),
+    "preprocessing": (lambda v: isinstance(v, str), "preprocessing steps joined by '+'"),
+    "thresholds": (lambda v: v is None or isinstance(v, dict), "an object {class: threshold}"),
+}
+
+
+def check_fields(meta, path):
+    "Every field predict relies on has the type and range it needs, and classes agree with n_out; else one line."
+    for name, (ok, what) in FIELD_CHECKS.items():
+        if name in meta and not ok(meta[name]):
+            raise ModelFormatError(f"{path}: field {name!r} must be {what}, got {meta[name]!r}; copy model.json again "
+                                   f"from the run that wrote it")
+    if len(meta["classes"]) != meta["n_out"]:
+        raise ModelFormatError(f"{path}: field 'classes' names {len(meta['classes'])} classes but 'n_out' is "
+                               f"{meta['n_out']}; they must agree (copy model.json again from the run that wrote it)")
 
 
 def save_model_dir(model, model_dir, meta, learn=None):
@@ -111,6 +149,9 @@ def read_state_dict(model_dir, device="cpu"):
     A file holding pickled objects (code: a whole module, or anything built by calling a function on load) is
     refused with a message saying so; the loader never suggests weights_only=False."""
     path = find_model_dir(model_dir) / "model.pth"
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: missing: the model folder has model.json but no weights; copy model.pth from "
+                               f"the run that wrote it")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refused a GLOBAL: the file wants to import and call code

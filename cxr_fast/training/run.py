@@ -10,6 +10,7 @@ learner.py, the run folder written by run_folder.py; the freeze-plan language is
 RUN_DIR gets config.json, history.csv (one row per epoch, all stages, `stage` and `trains` columns),
 table.csv/.json, checkpoints/{last,best}.pth, metrics.json/report.md/plots (evaluation/runs.py) and model/.
 """
+import contextlib
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from . import distributed, tracking
 from ..core.args import as_choice
 from ..core.errors import CxrError
+from ..core.lock import claim_folder
 from ..core.machine import set_threads
 from ..core.version import __version__
 from ..data.labels import is_multilabel
@@ -116,6 +118,14 @@ def train(source=None, root=None, task=None, *, table=None, out=None, cbs=None, 
     set_threads()  # torch threads capped at this machine's usable cores (machine.py)
     if config["pretrained"]: ensure_pretrained_available(config["arch"])
     run_dir = Path(out or f"runs/{config['arch']}-{config['task'] or 'table'}").expanduser()
+    # the main process claims the folder before it looks at it, until the run ends: a second training into the
+    # same --out (started at the same moment, or while this one runs) is refused in one line
+    with claim_folder(run_dir, "training") if distributed.is_main() else contextlib.nullcontext():
+        return train_into(run_dir, config, table, cbs)
+
+
+def train_into(run_dir, config, table, cbs):
+    "train()'s run in RUN_DIR (claimed by the caller): the table, the learner, the plan, the evaluation."
     saved = prepare_run_dir(run_dir, config)
     distributed.barrier()  # every process has checked the run folder before the main one writes to it
     with distributed.main_process_first():  # the main process builds the table (and fills caches) first

@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
 from ...core.errors import DataError
+from ...evaluation.metrics import N_BOOT, bootstrap_ci, weighted_auc
 from ...data.images import is_dicom_file
 from ...data.labels import classes_of, is_multilabel
 
@@ -35,6 +36,7 @@ MODE_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32,
 MIN_LEAF = 5  # small leaves, so a fact shared by a handful of images (8 PNGs among 5,900) can still be found
 MAX_CATEGORIES = 250  # HistGradientBoosting needs fewer categories than its 255 bins
 TOP_FACTS = 5
+TOO_FEW_IMAGES, TOO_FEW_PATIENTS = 10, 5  # a class with fewer: "too few images to tell", whatever its AUROC
 
 
 def fact_groups():
@@ -175,16 +177,36 @@ def per_class_auroc(y, classes, proba, skip=()):
     return out
 
 
-def cross_validated(X, categorical, y, groups, folds=5, seed=0, max_iter=50):
-    "{'auroc': {class: float}, 'accuracy', 'folds', 'limitations'} of predicting `y` from X, grouped by patient."
+def per_class_interval(y, classes, proba, groups, auroc, seed=0):
+    "{class: [low, high]}: each AUROC's 95% percentile bootstrap interval by patient (None where there is no AUROC)."
+    out = {}
+    for i, c in enumerate(classes):
+        if auroc.get(str(c)) is None: out[str(c)] = None; continue
+        ci = bootstrap_ci(lambda w: {"auroc": weighted_auc(proba[:, i], y == c, w)}, groups, N_BOOT, seed)["auroc"]
+        out[str(c)] = [rounded(v) for v in ci] if ci else None
+    return out
+
+
+def too_few(y, groups):
+    "The classes with too few images or patients for an AUROC to tell anything (TOO_FEW_IMAGES, TOO_FEW_PATIENTS)."
+    counts = pd.DataFrame({"y": y, "g": groups}).groupby("y").agg(images=("g", "size"), patients=("g", "nunique"))
+    return sorted(str(c) for c, r in counts.iterrows() if r["images"] < TOO_FEW_IMAGES or r["patients"] < TOO_FEW_PATIENTS)
+
+
+def cross_validated(X, categorical, y, groups, folds=5, seed=0, max_iter=50, intervals=False):
+    """{'auroc': {class: float}, 'ci': {class: [low, high]} (with `intervals`), 'too_few': [classes], 'accuracy',
+    'folds', 'limitations'} of predicting `y` from X, grouped by patient."""
     y = np.asarray(y).astype(str)
     k, notes, too_small = fold_plan(y, groups, folds)
+    few = too_few(y, groups)
     if k < 2:
-        return {"auroc": {c: None for c in sorted(set(y))}, "accuracy": None, "folds": 0,
+        return {"auroc": {c: None for c in sorted(set(y))}, "ci": {}, "too_few": few, "accuracy": None, "folds": 0,
                 "limitations": notes + ["too few patients per class for cross-validation: nothing was fitted"]}
     classes, proba = out_of_fold(X, y, groups, k, categorical, seed, max_iter)
     accuracy = float(np.mean(np.asarray(classes)[proba.argmax(1)] == y))
-    return {"auroc": per_class_auroc(y, classes, proba, too_small), "accuracy": rounded(accuracy), "folds": k, "limitations": notes}
+    auroc = per_class_auroc(y, classes, proba, too_small)
+    ci = per_class_interval(y, classes, proba, groups, auroc, seed) if intervals else {}
+    return {"auroc": auroc, "ci": ci, "too_few": few, "accuracy": rounded(accuracy), "folds": k, "limitations": notes}
 
 
 def targets(table):
@@ -203,15 +225,17 @@ def require_two_classes(table, what="the table"):
         raise DataError(f"the audit needs at least two classes; every label of {what} has a single value")
 
 
-def predictability(facts, table, names, folds, seed, max_iter=50):
+def predictability(facts, table, names, folds, seed, max_iter=50, intervals=False):
     "Cross-validated AUROC per class (and accuracy) of the label from the facts `names` (multi-label: per label)."
     X, categorical = encoded(facts, names)
     groups = patient_groups(table)
     results = {}
     for label, y in targets(table).items():
-        results[label] = cross_validated(X, categorical, y, groups, folds, seed, max_iter)
+        results[label] = cross_validated(X, categorical, y, groups, folds, seed, max_iter, intervals)
     if None in results: return results[None]
     return {"auroc": {label: r["auroc"].get("1") for label, r in results.items()},
+            "ci": {label: r["ci"].get("1") for label, r in results.items()},
+            "too_few": [label for label, r in results.items() if "1" in r["too_few"]],
             "accuracy": rounded(np.mean([r["accuracy"] for r in results.values() if r["accuracy"] is not None] or [np.nan])),
             "folds": min(r["folds"] for r in results.values()),
             "limitations": [f"{label}: {n}" for label, r in results.items() for n in r["limitations"]]}
@@ -265,13 +289,13 @@ def file_facts(table, folds=5, seed=0, facts=None):
     require_two_classes(rows, "the readable part of the table")
     acquisition = varying_facts(good, ACQUISITION_FACTS)
     every = acquisition + varying_facts(good, CONTENT_FACTS)
-    acq, all_ = (predictability(good, rows, names, folds, seed) for names in (acquisition, every))
+    acq, all_ = (predictability(good, rows, names, folds, seed, intervals=True) for names in (acquisition, every))
     by_fact = by_single_fact(good, rows, every, folds, seed)
     notes = list(dict.fromkeys(all_["limitations"] + dicom_tag_limitations(good)))
     if not acquisition: notes.append("no acquisition fact varies between images: acquisition AUROC is chance by construction")
-    return {"auroc": all_["auroc"], "accuracy": all_["accuracy"],
-            "acquisition": {"auroc": acq["auroc"], "accuracy": acq["accuracy"]},
-            "all": {"auroc": all_["auroc"], "accuracy": all_["accuracy"]},
+    return {"auroc": all_["auroc"], "accuracy": all_["accuracy"], "ci": all_["ci"], "too_few": all_["too_few"],
+            "acquisition": {"auroc": acq["auroc"], "accuracy": acq["accuracy"], "ci": acq["ci"]},
+            "all": {"auroc": all_["auroc"], "accuracy": all_["accuracy"], "ci": all_["ci"]},
             "by_fact": by_fact, "top_facts": ranking(by_fact),
             "counts": {"images": len(rows), "unreadable": len(unreadable), "dicom": int((good["format"] == "DICOM").sum())},
             "unreadable": unreadable, "folds": all_["folds"], "limitations": notes,

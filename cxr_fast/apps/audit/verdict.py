@@ -11,7 +11,8 @@ from .counterfactual import finding as counterfactual_finding, lines as counterf
 from ...evaluation.report import fmt, md_table
 from ...training.options import SHORTCUT_MITIGATION, flags_of
 
-STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5)
+STRONG, NOTABLE = 0.90, 0.75  # AUROC from a shortcut alone: strongly / notably predictive (chance is 0.5); for file
+# facts judged on the lower end of the AUROC's 95% patient-level bootstrap interval, so that a few images flag nothing
 LOOKS_OUTSIDE = 0.10  # Grad-CAM mass outside the field this far above a uniform map's share: the model looks at the border
 SQUARE_CROP = (f"the central field cropped to a square for every image (`{flags_of(SHORTCUT_MITIGATION)}`: "
                "no image stretched, so shape and border reach the model less; it hides the file's look, not the "
@@ -39,20 +40,41 @@ def _facts_named(file_facts, cls, group=None):
     return ", ".join(f.replace("_", " ") for f, _ in top[:3])
 
 
+def _low(ci, cls):
+    "The lower end of a class's interval ({class: [low, high]}), or None when there is none."
+    v = (ci or {}).get(cls)
+    return v[0] if isinstance(v, (list, tuple)) and v and v[0] is not None else None
+
+
+def _level(auc, low):
+    "0, 1 (notable) or 2 (strong) for an AUROC: judged on its interval's lower end where it has one."
+    x = low if low is not None else auc
+    return 2 if x >= STRONG else 1 if x >= NOTABLE else 0
+
+
+def _with_interval(auc, ci, cls):
+    v = (ci or {}).get(cls)
+    return f"AUROC {auc:.2f}" + (f" [{v[0]:.2f}, {v[1]:.2f}]" if isinstance(v, (list, tuple)) and v else "")
+
+
 def class_findings(cls, file_facts, pixel, full_auc):
     "The sentences for one class, how strong its shortcut is (0 none, 1 notable, 2 strong), and its kinds."
-    acq = _auc((file_facts.get("acquisition") or {}).get("auroc"), cls)
+    if cls in (file_facts.get("too_few") or []):
+        return f"{cls}: too few images to tell whether anything but the lungs predicts it.", 0, set()
+    acquisition = file_facts.get("acquisition") or {}
+    acq = _auc(acquisition.get("auroc"), cls)
     every = _auc(file_facts.get("auroc"), cls)
     border = _auc(((pixel or {}).get("border_only") or {}).get("auroc"), cls)
     parts, level, kinds = [], 0, set()
-    if acq is not None and acq >= NOTABLE:
+    acq_level = _level(acq, _low(acquisition.get("ci"), cls)) if acq is not None else 0
+    if acq_level:
         named = _facts_named(file_facts, cls, "acquisition") or "acquisition facts"
-        parts.append(f"from file facts alone ({named}: AUROC {acq:.2f})")
-        level = max(level, 2 if acq >= STRONG else 1)
+        parts.append(f"from file facts alone ({named}: {_with_interval(acq, acquisition.get('ci'), cls)})")
+        level = max(level, acq_level)
         kinds.add("acquisition")
-    elif every is not None and every >= NOTABLE:  # content-mixed: a note, not a shortcut on its own
-        parts.append(f"from file size alone (AUROC {every:.2f}; acquisition facts {fmt(acq, 2)}), which for lossless "
-                     f"files partly tracks image content")
+    elif every is not None and _level(every, _low(file_facts.get("ci"), cls)):  # content-mixed: a note only
+        parts.append(f"from file size alone ({_with_interval(every, file_facts.get('ci'), cls)}; acquisition facts "
+                     f"{fmt(acq, 2)}), which for lossless files partly tracks image content")
     if border is not None and border >= NOTABLE:
         parts.append(f"from the image border alone (the central {CENTRAL_FIELD:.0%} blanked: AUROC {border:.2f})")
         level = max(level, 2 if border >= STRONG else 1)
@@ -112,13 +134,18 @@ def file_facts_lines(ff):
     if not ff: return []
     if ff.get("error"): return ["## File facts", "", f"Not run: {ff['error']}", ""]
     classes = list(ff.get("auroc") or {})
-    rows = [[c, fmt(_auc(ff["acquisition"]["auroc"], c)), fmt(_auc(ff["auroc"], c)),
+    def shown(auroc, ci, c):
+        auc = _auc(auroc, c)
+        return "too few images to tell" if c in (ff.get("too_few") or []) else (
+            fmt(auc) if auc is None else _with_interval(auc, ci, c).removeprefix("AUROC "))
+    rows = [[c, shown(ff["acquisition"]["auroc"], ff["acquisition"].get("ci"), c), shown(ff["auroc"], ff.get("ci"), c),
              ", ".join(f"{f} {fmt(a, 2)}" for f, a in (ff.get("top_facts") or {}).get(c, [])[:3])] for c in classes]
     lines = ["## File facts (headers only)", "",
              f"A gradient-boosted classifier on what is not image content, {ff.get('folds')}-fold cross-validation "
              f"grouped by patient, over {ff['counts']['images']} images ({ff['counts'].get('dicom', 0)} DICOM). "
              f"Acquisition facts: format, colour mode, bit depth, width, height, aspect ratio, DICOM tags; "
-             f"'all' adds the file size, which for lossless files partly tracks content. Chance is 0.5.", ""]
+             f"'all' adds the file size, which for lossless files partly tracks content. Chance is 0.5; in "
+             f"brackets the 95% patient-level bootstrap interval, whose lower end the verdict judges.", ""]
     lines += md_table(["class", "AUROC, acquisition facts", "AUROC, all facts", "facts alone (AUROC)"], rows)
     lines += ["", f"Accuracy from acquisition facts {fmt(ff['acquisition'].get('accuracy'))}, from all facts "
                   f"{fmt(ff.get('accuracy'))}; {fmt(ff.get('seconds'), 1)} s."]

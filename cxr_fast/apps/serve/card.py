@@ -6,6 +6,7 @@ Everything taken from model.json or MODEL_CARD.md is HTML-escaped: a model direc
 """
 import html
 import json
+import re
 from pathlib import Path
 
 from ...evaluation.card import DISCLAIMER
@@ -91,13 +92,30 @@ def _data_summary(data):
     return "".join(parts)
 
 
+SAFE_SCHEMES = ("http", "https", "mailto", "")  # "": a relative link
+URL_ATTRIBUTE = re.compile(r'\s(href|src)="([^"]*)"')
+
+
+def safe_url(url):
+    "True for an http(s), mailto or relative URL (entities decoded, blanks and control characters ignored, as browsers do)."
+    plain = "".join(ch for ch in html.unescape(url) if ch.isprintable() and not ch.isspace())
+    scheme = plain.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", plain) else ""
+    return scheme in SAFE_SCHEMES
+
+
+def safe_links(rendered):
+    "Rendered HTML with every href/src that is not http(s), mailto or relative removed (javascript:, data:, ...)."
+    return URL_ATTRIBUTE.sub(lambda m: m.group(0) if safe_url(m.group(2)) else "", rendered)
+
+
 def _markdown_html(text):
-    "MODEL_CARD.md as HTML (its own HTML escaped), or preformatted text without the markdown package."
+    "MODEL_CARD.md as HTML (its own HTML escaped, only safe links kept), or preformatted text without markdown."
     try:
         import markdown  # optional (the `serve` extra)
     except ImportError:
         return f"<pre class='model-card-md'>{html.escape(text)}</pre>"
-    return "<div class='model-card-md'>" + markdown.markdown(html.escape(text, quote=False), extensions=["tables"]) + "</div>"
+    rendered = markdown.markdown(html.escape(text, quote=False), extensions=["tables"])
+    return "<div class='model-card-md'>" + safe_links(rendered) + "</div>"
 
 
 def model_card_html(name, meta, model_dir):

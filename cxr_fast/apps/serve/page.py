@@ -225,4 +225,8 @@ init();
 </html>
 """
 
-PAGE = _PAGE.replace("__DISCLAIMER__", html.escape(DISCLAIMER))
+# the page's script is served from its own route (server: /app.js), so the content security policy allows only the
+# page's own script ('self'), never inline script: a model card's HTML could not run script even if it held some
+_HTML_HEAD, _, _REST = _PAGE.partition("<script>")
+SCRIPT, _, _HTML_TAIL = _REST.partition("</script>")
+PAGE = (_HTML_HEAD + '<script src="app.js"></script>' + _HTML_TAIL).replace("__DISCLAIMER__", html.escape(DISCLAIMER))

@@ -39,7 +39,7 @@ from ...data.sources.phantom import make_phantoms
 from ...inference.predictor import load_model
 from ...models.folder import find_model_dir
 from .card import DISCLAIMER, model_card_html
-from .page import PAGE
+from .page import PAGE, SCRIPT
 from .upload import MAX_PIXELS, InputError, analyse, clean_filename
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
@@ -163,6 +163,20 @@ async def read_body(request, limit):
     return b"".join(chunks)
 
 
+def form_file(body, content_type, filename):
+    """(bytes, name) of the first file of a multipart/form-data body (a browser form, `curl -F file=@x.png`), parsed
+    from the body read_body already capped (the standard library's MIME parser: no extra package); InputError when
+    it holds no file."""
+    from email import message_from_bytes, policy
+    message = message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode("latin-1") + body, policy=policy.HTTP)
+    if not message.is_multipart(): raise InputError("the multipart upload could not be read: send the file as the body "
+                                                    "or as a form field (curl -F file=@x.png)")
+    for part in message.iter_parts():
+        if part.get_filename() is not None:
+            return part.get_payload(decode=True) or b"", clean_filename(part.get_filename() or filename)
+    raise InputError("the form holds no file: send the X-ray as a file field (curl -F file=@x.png)")
+
+
 def _json(payload, status=200):
     from starlette.responses import JSONResponse  # the `serve` extra: imported when a server runs
     return JSONResponse(payload, status_code=status, headers={"Cache-Control": "no-store"})
@@ -188,12 +202,15 @@ def create_app(models, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE, max_p
             "max_upload_bytes": limit, "max_pixels": max_pixels, "keeps_uploads": keep_dir is not None,
             "disclaimer": DISCLAIMER}
     security = {"Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
-                                           "script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; "
+                                           "script-src 'self'; connect-src 'self'; base-uri 'none'; "
                                            "form-action 'none'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
     async def page(request):
         return HTMLResponse(PAGE, headers=security)
+
+    async def script(request):
+        return Response(SCRIPT, media_type="text/javascript", headers={**security, "Cache-Control": "no-store"})
 
     async def models_info(request):
         return _json(info)
@@ -216,6 +233,8 @@ def create_app(models, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE, max_p
             filename = clean_filename(request.query_params.get("filename", "upload"))
             with engine.slot():
                 data = await read_body(request, limit)
+                if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                    data, filename = form_file(data, request.headers["content-type"], filename)
                 result = await engine.run(analyse, models[int(index)], data, filename, max_pixels, keep_dir)
             result["model"] = int(index)
             return _json(result)
@@ -230,7 +249,8 @@ def create_app(models, max_upload_mb=MAX_UPLOAD_MB, queue_size=QUEUE_SIZE, max_p
             return _json({"ok": False, "error": f"the server could not analyse this file ({type(e).__name__}: {e})"}, 500)
 
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts else []
-    app = Starlette(routes=[Route("/", page), Route("/api/models", models_info), Route("/api/status", status),
+    app = Starlette(routes=[Route("/", page), Route("/app.js", script), Route("/api/models", models_info),
+                            Route("/api/status", status),
                             Route("/api/examples/{index:int}", example),
                             Route("/api/predict", predict, methods=["POST"])], middleware=middleware)
     app.state.engine = engine

@@ -18,12 +18,12 @@ from PIL import Image
 
 from ...core.errors import CxrError, DataError
 from ...data.guards import safe_input_warnings
-from ...data.images import DICOM_SUFFIXES, InMemoryFile, load_image_bytes
+from ...data.dicom import dicom_size
+from ...data.images import DICOM_SUFFIXES, MAX_PIXELS, InMemoryFile, load_image_bytes
 from ...data.labels import positive_index
 from ...inference.gradcam import overlay
 from .card import DISCLAIMER
 
-MAX_PIXELS = 50_000_000     # larger images are refused before decoding (real chest X-rays are <= ~18 Mpx)
 DISPLAY_SIZE = 384          # the longer side of the images shown on the page
 RASTER_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -66,15 +66,6 @@ def sniff(data, filename):
     if fmt not in RASTER_FORMATS:
         raise InputError(f"{clean_filename(filename)}: {fmt} images are not supported; upload a PNG, JPEG, BMP, TIFF or DICOM file")
     return RASTER_FORMATS[fmt], fmt, size
-
-
-def dicom_size(file):
-    "(columns, rows) from a DICOM header (a path or an InMemoryFile), or None when the header does not say."
-    try:
-        ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["Rows", "Columns"])
-        return int(ds.Columns), int(ds.Rows)
-    except Exception:
-        return None  # the decoding step reports what is wrong with the file
 
 
 def check_pixels(size, filename, max_pixels):
