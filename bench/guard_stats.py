@@ -1,4 +1,4 @@
-"""What the input guard (cxr_fast/guards.py) sees on real chest X-rays and on pydicom's own test files.
+"""What the input guard (cxr_fast/data/guards.py) sees on real chest X-rays and on pydicom's own test files.
 
     python bench/guard_stats.py [--data ../shared/data] [--out bench/guard_stats.json]
 

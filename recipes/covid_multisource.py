@@ -12,7 +12,7 @@ choices on that within-hospital set (docs/shortcuts.md).
 """
 from cxr_fast.apps import recipes
 from cxr_fast.data.multisource import COLLECTIONS, multisource_table
-from cxr_fast.evaluation.hospitals import record_within_hospital
+from cxr_fast.evaluation.runs import record_within_hospital
 from cxr_fast.training.options import SHORTCUT_MITIGATION
 from cxr_fast.training.run import train
 

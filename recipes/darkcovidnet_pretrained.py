@@ -18,7 +18,8 @@ bench-accuracy` measures this configuration (BEST, as one model; `--set members=
 """
 from cxr_fast.apps import recipes
 from cxr_fast.core.errors import CxrError
-from cxr_fast.evaluation.hospitals import find_within_hospital_set, record_within_hospital
+from cxr_fast.evaluation.hospitals import find_within_hospital_set
+from cxr_fast.evaluation.runs import record_within_hospital
 from cxr_fast.training.options import SHORTCUT_MITIGATION
 from cxr_fast.training.run import train
 

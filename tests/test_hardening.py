@@ -89,7 +89,6 @@ def test_a_run_folder_is_claimed_one_process_at_a_time_and_a_killed_claim_frees_
     import signal
     import subprocess
     import sys
-    import time
 
     from cxr_fast.core.errors import CxrError
     from cxr_fast.core.lock import claim_folder

@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 import cxr_fast
-from cxr_fast.apps.recipes import run_recipe
 from cxr_fast.cli import main
 from cxr_fast.data.load import load_table
 from cxr_fast.data.multisource import multisource_table

@@ -129,7 +129,7 @@ def test_concat_tables_one_vocabulary(coronahack_root, folders_root):
                     classes="Covid-19->COVID-19,No_findings->Normal,Pneumonia")
     both = concat_tables([a, b])
     assert classes_of(both) == ["Normal", "Pneumonia", "COVID-19"]
-    assert set(both["source"]) == {"coronahack", "folders"} and len(both) == len(a) + len(b)
+    assert set(both["source"]) == {"coronahack", "dark"} and len(both) == len(a) + len(b)  # a folder root: its name
     assert both["patient_id"].str.contains(":").all()
 
 

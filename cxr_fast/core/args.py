@@ -1,6 +1,5 @@
 """Coerce and check option values (Fire parses command-line values as Python literals; train's option schema,
 recipes and tune check theirs with the same functions): the library's one set of value checks, below the CLI."""
-from pathlib import Path
 
 from .errors import CxrError
 
@@ -67,14 +66,6 @@ def as_choice(value, choices, name):
     if value not in choices:
         raise CxrError(f"--{name} must be one of {', '.join(sorted(choices))}; got {value!r}")
     return value
-
-
-def as_path(value, name, must_exist=False):
-    "A Path; with must_exist, a clear error naming it when it is not there."
-    if value is None or str(value).strip() == "": raise CxrError(f"{name} is required")
-    path = Path(str(value)).expanduser()
-    if must_exist and not path.exists(): raise CxrError(f"{name} {path} does not exist")
-    return path
 
 
 def as_type_of(value, default, name):

@@ -48,7 +48,7 @@ def data_facts(table):
 
 
 def describe_provenance(record):
-    "One line: where the starting weights came from, from weights.py's provenance record (here: modelio -> card)."
+    "One line: where the starting weights came from, from weights.py's provenance record (models/folder.py -> card)."
     if not record: return "not recorded"
     parts = [str(record.get("source", "?"))]
     parts += [f"{k} {record[k]}" for k in ("package", "version", "weights", "hub_id", "model_dir") if record.get(k)]
@@ -267,7 +267,7 @@ def render_card(meta, title=None):
 
 
 def shortcut_lines(audit):
-    "The shortcut audit's verdict on the training data (shortcuts.core.summary), or that none was run."
+    "The shortcut audit's verdict on the training data (apps/audit/fast.py's summary), or that none was run."
     lines = ["## Shortcut audit", ""]
     if not audit: return lines + ["Not run on this model's training data (`python -m cxr_fast audit RUN_DIR`).", ""]
     lines += [f"**{audit.get('level')}**: {audit.get('verdict')}", ""]

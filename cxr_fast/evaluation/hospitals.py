@@ -139,28 +139,3 @@ def within_hospital_lines(result, heading="##"):
                       rows), "",
             *([f"By 1 - P(Normal) instead of P(COVID-19) (the sick against the healthy, whichever disease the model "
                f"names): {with_interval(result['not_normal'])}.", ""] if result.get("not_normal") else [])]
-
-
-REPORT_MARK = "<!-- within-hospital -->"  # where a run's report.md holds the section (replaced when measured again)
-
-
-def record_within_hospital(run_dir, root, n_boot=N_BOOT, seed=0):
-    """Score a run's model on the within-hospital set at `root` (evaluation only): RUN_DIR/within_hospital.json, a
-    section at the top of report.md (after its title) and in the model card (model.json `within_hospital`)."""
-    from ..core.jsonio import write_atomic, write_json
-    from ..inference.predictor import Predictor
-    from ..models.folder import find_model_dir, read_model_json, write_model_json
-    run_dir, model_dir = Path(run_dir), find_model_dir(run_dir)
-    result = within_hospital(Predictor.from_dir(model_dir), root, n_boot, seed)
-    write_json(run_dir / "within_hospital.json", result)
-    write_model_json(model_dir, {**read_model_json(model_dir), "within_hospital": result})
-    report = run_dir / "report.md"
-    if report.is_file():
-        text = report.read_text(encoding="utf-8").split(REPORT_MARK)
-        body = text[0] if len(text) == 1 else text[0] + text[2]
-        title, _, rest = body.partition("\n")
-        section = "\n".join([REPORT_MARK, *within_hospital_lines(result), REPORT_MARK])
-        write_atomic(report, lambda p: p.write_text(f"{title}\n\n{section}\n{rest.lstrip(chr(10))}", encoding="utf-8"))
-    print(f"within-hospital COVID-19 vs Normal AUROC {with_interval(result)} on {result['n_pos']} / {result['n_neg']} "
-          f"images of {root}; normals called COVID-19: {result['normals_called_covid']:.3f}")
-    return result

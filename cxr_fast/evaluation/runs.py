@@ -25,8 +25,9 @@ from ..core.errors import CxrError, DataError
 from ..inference.predictor import Predictor
 from ..inference.views import TTA_VIEWS, mean_over_views, stack_views
 from ..core.jsonio import jsonable, read_json, write_json
+from .hospitals import with_interval, within_hospital, within_hospital_lines
 from .metrics import N_BOOT, split_metrics, targets_of, tune_thresholds
-from ..models.folder import find_model_dir, record_evaluation
+from ..models.folder import find_model_dir, read_model_json, record_evaluation, write_model_json
 from ..training.precision import ChannelsLast
 from .plots import dls_batches, read_history
 from .report import fmt, draw_figures, md_table, write_report
@@ -292,6 +293,30 @@ def evaluate(model_dir, source, root, task=None, out=None, classes=None, *, spli
     write_report(out, f"Evaluation of {mdir} on {source}", result, figures, failures, part, config, extra, leakage=False)
     result["card"] = str(record_evaluation(mdir, evaluation_entry(result, config, out)))  # MODEL_CARD.md gets a row
     result["out"] = str(out)
+    return result
+
+
+# ---- the within-hospital set ---------------------------------------------------------------
+
+REPORT_MARK = "<!-- within-hospital -->"  # where a run's report.md holds the section (replaced when measured again)
+
+
+def record_within_hospital(run_dir, root, n_boot=N_BOOT, seed=0):
+    """Score a run's model on the within-hospital set at `root` (evaluation only): RUN_DIR/within_hospital.json, a
+    section at the top of report.md (after its title) and in the model card (model.json `within_hospital`)."""
+    run_dir, model_dir = Path(run_dir), find_model_dir(run_dir)
+    result = within_hospital(Predictor.from_dir(model_dir), root, n_boot, seed)
+    write_json(run_dir / "within_hospital.json", result)
+    write_model_json(model_dir, {**read_model_json(model_dir), "within_hospital": result})
+    report = run_dir / "report.md"
+    if report.is_file():
+        text = report.read_text(encoding="utf-8").split(REPORT_MARK)
+        body = text[0] if len(text) == 1 else text[0] + text[2]
+        title, _, rest = body.partition("\n")
+        section = "\n".join([REPORT_MARK, *within_hospital_lines(result), REPORT_MARK])
+        write_atomic(report, lambda p: p.write_text(f"{title}\n\n{section}\n{rest.lstrip(chr(10))}", encoding="utf-8"))
+    print(f"within-hospital COVID-19 vs Normal AUROC {with_interval(result)} on {result['n_pos']} / {result['n_neg']} "
+          f"images of {root}; normals called COVID-19: {result['normals_called_covid']:.3f}")
     return result
 
 

@@ -7,7 +7,6 @@ Bodies keep their library's child names (`conv1`, `layer1`, `features` for torch
 another input (timm's mean/std 0.5, torchxrayvision's 1-channel [-1024, 1024]) starts with an `InputAdapter`,
 so training, predict and Grad-CAM feed it the same thing. Where weights come from: weights.py.
 """
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -196,11 +195,6 @@ def xrv_arch(arch):
 
 # ---- the registry --------------------------------------------------------------------------
 
-def is_timm_name(arch):
-    "True for a model name timm knows (any timm architecture works, e.g. tf_efficientnet_lite0, convnext_tiny)."
-    return arch not in ARCHS and arch not in XRV_WEIGHTS and timm.is_model(arch)
-
-
 @lru_cache(maxsize=None)
 def arch_info(arch):
     "The registry entry of `arch`, or an error listing the valid names."
@@ -247,16 +241,6 @@ def build_model(arch, n_out, head=None, body=None):
 def splitter_for(arch):
     "fastai splitter (model -> list of parameter groups) for discriminative learning rates and freeze_to."
     return arch_info(arch).split
-
-
-def layer_group_names(model, arch):
-    "A short name per layer group (the body layers each group starts with), for messages and reports."
-    names = {id(p): n for n, p in model.named_parameters()}
-    out = []
-    for group in splitter_for(arch)(model):
-        first = names.get(id(group[0]), "?") if group else "(empty)"
-        out.append(re.sub(r"\.(weight|bias)$", "", first))
-    return out
 
 
 def named_layer(model, name):

@@ -310,7 +310,7 @@ def model_dir_body(weights, arch):
     meta = read_model_json(mdir)
     if meta["arch"] != arch:
         raise WeightsError(f"{mdir} holds a {meta['arch']} model; cannot transfer its body to {arch}")
-    sd = read_state_dict(mdir)  # modelio's reader: weights_only, one-line errors for a model.pth holding code
+    sd = read_state_dict(mdir)  # the model folder's reader: weights_only, one-line errors for a model.pth holding code
     record = file_record(mdir / "model.pth", source="cxr_fast model", model_dir=str(mdir), task=meta.get("task"),
                          classes=meta.get("classes"), trained_from=meta.get("weights"))
     return {k[2:]: v for k, v in sd.items() if k.startswith("0.")}, record

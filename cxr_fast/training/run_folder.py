@@ -98,7 +98,7 @@ def audit_summary(run_dir):
 
 
 def model_meta(config, table, learn, results):
-    "model.json for the model dir (modelio.REQUIRED_KEYS and the rest of the DESIGN contract)."
+    "model.json for the model dir (models/folder.py's REQUIRED_KEYS and the rest of the DESIGN contract)."
     classes, multilabel = classes_of(table), is_multilabel(table)
     return {"arch": config["arch"], "head": default_head(config["hidden"], config["dropout"], config["concat_pool"]),
             "n_out": int(learn.dls.c), "classes": classes, "task": table.attrs.get("task") or config["task"],

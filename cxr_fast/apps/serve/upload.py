@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image
 
 from ...core.errors import CxrError, DataError
