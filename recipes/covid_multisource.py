@@ -25,22 +25,23 @@ BEST = dict(arch="tf_efficientnet_lite0", pretrained=True, size=160, bs=32, lr=2
 
 
 def run(data="data", out="runs/covid-multisource", sources=SOURCES, max_per_source=MAX_PER_SOURCE,
-        preprocessing=BEST["preprocessing"], resize_method=BEST["resize_method"], size=BEST["size"],
-        plan=BEST["plan"], members=BEST["members"], within_hospital=None, valid_pct=0.1, test_pct=0.0, seed=42,
-        precision="auto", overwrite=True, quick=False):
+        preprocessing=BEST["preprocessing"], resize_method=BEST["resize_method"], jpeg_quality=BEST["jpeg_quality"],
+        size=BEST["size"], plan=BEST["plan"], members=BEST["members"], within_hospital=None, valid_pct=0.1,
+        test_pct=0.0, seed=42, precision="auto", overwrite=True, quick=False):
     """Train COVID-19 / Normal / Pneumonia on the sources under DATA (laid out as ../shared/data).
 
     sources: which of darkcovidnet, coronahack, hannover, montgomery, jsrt; max_per_source: train images per source
-    and class (0: all); preprocessing, resize_method: as train's (default: the shortcut mitigation); plan: the freeze
-    plan; members: a deep ensemble of N; within_hospital: a folder with COVID-19/ and Normal/ from the same
-    hospitals, scored after training (evaluation only); test_pct: each source's share held out as test."""
+    and class (0: all); preprocessing, resize_method, jpeg_quality: as train's (default: the shortcut mitigation);
+    plan: the freeze plan; members: a deep ensemble of N; within_hospital: a folder with COVID-19/ and Normal/ from
+    the same hospitals, scored after training (evaluation only); test_pct: each source's share held out as test."""
     root = recipes.need_data(data, "darkcovidnet")
     table = multisource_table(root, sources, valid_pct=valid_pct, test_pct=test_pct, seed=seed,
                               max_per_source=recipes.SMOKE["rows_per_class"] if quick else max_per_source)
     table = recipes.cap_table(table) if quick else table
-    options = recipes.fit_options(quick, **{**BEST, "preprocessing": preprocessing, "resize_method": resize_method,
-                                            "size": size, "plan": plan, "members": min(members, 2) if quick else members,
-                                            "seed": seed, "precision": precision, "overwrite": overwrite})
+    chosen = dict(preprocessing=preprocessing, resize_method=resize_method, jpeg_quality=jpeg_quality, size=size,
+                  plan=plan, members=min(members, 2) if quick else members, seed=seed, precision=precision,
+                  overwrite=overwrite)
+    options = recipes.fit_options(quick, **{**BEST, **chosen})
     if quick: options.update(pretrained=BEST["pretrained"], plan="head:1@1e-2,all:1@1e-4:2e-3")
     result = recipes.headline(train(table=table, out=out, **options))
     if within_hospital: result["within_hospital"] = record_within_hospital(result["run_dir"], within_hospital)

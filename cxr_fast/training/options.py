@@ -22,9 +22,11 @@ from .precision import PRECISIONS, precision_default
 from .tracking import parse_trackers
 
 DEDUP = ("warn", "drop", "off")
-# The shortcut mitigation that held up best on another hospital's images (`make bench-shortcuts`, docs/shortcuts.md):
-# every image cropped to its central field, then to a square (no image stretched, so neither the border nor the
-# shape reaches the model). darkcovidnet-pretrained and the demo train with it; `audit` advises it.
+# The shortcut mitigation that did best on the cross-source pairs of `make bench-shortcuts` (another collection's
+# images: no test of the disease, docs/shortcuts.md; where COVID-19 and normal share hospitals, `make
+# bench-hospitals`, it does not make a one-source-per-class model work): every image cropped to its central field,
+# then to a square (no image stretched, so the border and the shape reach the model less).
+# darkcovidnet-pretrained and the demo train with it; `audit` advises it.
 SHORTCUT_MITIGATION = dict(preprocessing="crop-field", resize_method="crop", jpeg_quality=None)
 
 
