@@ -20,6 +20,7 @@ pip-installable EfficientNet-Lite0 (SUBSTITUTE), and the layers it names on ResN
 (`map_layers`); a machine with the original weights runs the original architecture with the same command.
 """
 import argparse
+import os
 import resource
 import subprocess
 import sys
@@ -201,6 +202,13 @@ def measured(run_dir):
     return out
 
 
+def as_typed(command):
+    "A recorded command as a user types it in the repository: absolute paths relative to it (../shared/data/...)."
+    root = HERE.parent
+    return " ".join(os.path.relpath(w, root) if w.startswith("/") and Path(w).is_absolute() else w
+                    for w in command.split(" "))
+
+
 def collect(name, out, plan, attempts):
     "The JSON entry of a finished recipe: its variants beside the originals', CPU minutes, machine, conclusion."
     record = read_json(Path(out) / "recipe.json")
@@ -295,7 +303,7 @@ def recipe_section(name, entry):
                                           "; ".join(f"{k} -> {v}" for k, v in entry["mapping"].items()))
         m = entry["machine"]
         lines.append(f"- {entry['cpu_minutes']} CPU minutes ({entry['wall_minutes']} wall, {entry['attempts']} "
-                     f"attempt(s)) on {machine_words(m)}; `{entry['command']}`")
+                     f"attempt(s)) on {machine_words(m)}; `{as_typed(entry['command'])}`")
         frozen = [k for k, v in entry["variants"].items() if v.get("frozen_features")]
         lines.append("- Frozen-feature head training: " + (", ".join(frozen) if frozen else "not used"))
         lines += [f"- An earlier run: {earlier_line(e)}" for e in entry.get("earlier", [])]
@@ -395,7 +403,7 @@ def frozen_features_section(result):
              "running statistics and affine weights stay as they are). The rows above say which runs used it.", ""]
     if not result: return lines + ["Speed-up: not measured yet (`python bench/bench_frozen_features.py`).", ""]
     m, images = result["machine"], result["images"]
-    lines += [f"Measured with `{result['command']}`: {result['arch']}, {result['size']} px, batch {result['bs']}, "
+    lines += [f"Measured with `{as_typed(result['command'])}`: {result['arch']}, {result['size']} px, batch {result['bs']}, "
               f"lr {result['lr']}, {images.get('train')} train / {images.get('valid')} valid DarkCovidNet images, on "
               + machine_words(m, f"{m.get('torch_threads')} torch threads", *(["shared with other work"] if m.get("shared") else []))
               + ". End to end decodes every image every epoch (no --cache, no workers); the frozen-feature times include "
