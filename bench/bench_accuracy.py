@@ -20,9 +20,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "recipes"))
-import darkcovidnet_pretrained  # noqa: E402  the recipes' configurations are what we measure
-import darkcovidnet_scratch  # noqa: E402
+from cxr_fast.apps.recipes import recipe_module  # noqa: E402
+
+darkcovidnet_pretrained = recipe_module("darkcovidnet-pretrained")  # the recipes' configurations are what we measure
+darkcovidnet_scratch = recipe_module("darkcovidnet-scratch")
 
 from cxr_fast.data.table import assign_splits, build_table
 from cxr_fast.core.machine import machine_info

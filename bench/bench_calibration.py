@@ -10,14 +10,12 @@ float64 probabilities, decisions at thresholds mapped through T), and the binary
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxr_fast.evaluation import calibration as cal
 from cxr_fast.inference.predictor import Predictor
 from cxr_fast.evaluation.metrics import split_metrics

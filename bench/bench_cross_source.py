@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "recipes"))
-import darkcovidnet_pretrained  # noqa: E402
-import darkcovidnet_scratch  # noqa: E402
-from darkcovidnet_scratch import TASK_CLASSES  # noqa: E402
+from cxr_fast.apps.recipes import recipe_module  # noqa: E402
+
+darkcovidnet_pretrained = recipe_module("darkcovidnet-pretrained")  # the recipes' configurations are what we measure
+darkcovidnet_scratch = recipe_module("darkcovidnet-scratch")
+TASK_CLASSES = darkcovidnet_scratch.TASK_CLASSES
 
 from cxr_fast.data.load import load_table
 from cxr_fast.evaluation.runs import evaluate

@@ -16,7 +16,6 @@ from pathlib import Path
 from fastai.torch_core import set_seed
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 import reproduce  # noqa: E402
 
 from cxr_fast import cxr_learner, get_dls, load_table  # noqa: E402

@@ -35,9 +35,10 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "recipes"))
-import darkcovidnet_pretrained  # noqa: E402
-import darkcovidnet_scratch  # noqa: E402
+from cxr_fast.apps.recipes import recipe_module  # noqa: E402
+
+darkcovidnet_pretrained = recipe_module("darkcovidnet-pretrained")  # the recipes' configurations are what we measure
+darkcovidnet_scratch = recipe_module("darkcovidnet-scratch")
 from bench_cross_source import data_arguments  # noqa: E402
 
 from cxr_fast.data.load import load_table  # noqa: E402

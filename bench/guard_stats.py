@@ -8,14 +8,12 @@ for every pydicom test file that reads as an image: the warnings it gets.
 """
 import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxr_fast.data import guards
 from cxr_fast.data.images import IMAGE_SUFFIXES, load_image
 

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 from reproduce_originals import ORIGINALS  # noqa: E402
 
 from cxr_fast.core.jsonio import read_json, write_atomic, write_json  # noqa: E402

@@ -127,6 +127,13 @@ def test_no_module_over_400_lines():
     assert all(p in lines for p in KNOWN_OVER), "KNOWN_OVER names a module that no longer exists"
 
 
+def test_bench_scripts_import_without_editing_sys_path():
+    "bench/ scripts reach the recipes through cxr_fast.apps.recipes.recipe_module and each other as siblings."
+    bench = PACKAGE.parent / "bench"
+    editing = [p.name for p in bench.glob("*.py") if "sys.path.insert" in p.read_text(encoding="utf-8")]
+    assert not editing, f"bench scripts that edit sys.path: {editing}"
+
+
 def test_command_functions_live_in_the_cli():
     outside = [f"{rel(p)}:{node.name}" for p in package_files() if PACKAGE / "cli" not in p.parents
                for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))

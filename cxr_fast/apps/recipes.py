@@ -45,13 +45,19 @@ class Recipe:
     description: str
     data: str
 
-    def load(self):
-        "The recipe's `run` function (its module imported by file path)."
-        spec = importlib.util.spec_from_file_location(f"cxr_fast_recipes.{self.path.stem}", self.path)
+    def module(self):
+        "The recipe's module, imported by file path (once: later calls return the same module)."
+        name = f"cxr_fast_recipes.{self.path.stem}"
+        if name in sys.modules: return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, self.path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-        run = getattr(module, "run", None)
+        return module
+
+    def load(self):
+        "The recipe's `run` function."
+        run = getattr(self.module(), "run", None)
         if not callable(run): raise CxrError(f"{self.path} defines no run(...) function")
         return run
 
@@ -64,6 +70,11 @@ def recipes_dir():
         raise CxrError(f"no recipes folder at {RECIPES_DIR}: recipes live in the cxr_fast repository; clone it and "
                        f"`pip install -e .` there to run them")
     return RECIPES_DIR
+
+
+def recipe_module(name):
+    "A recipe's module by name (its configuration constants: BEST, TASK_CLASSES...), for the benchmarks."
+    return get_recipe(name).module()
 
 
 def describe(path):
