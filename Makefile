@@ -72,19 +72,17 @@ bench-shortcuts:
 
 # The within-hospital benchmark (../shared/data/external_hospitals, evaluation only): COVID-19 vs Normal AUROC where both
 # come from the same hospitals, adult normals of hospitals not trained on called COVID-19, DarkCovidNet held-out
-# accuracy. Resumable. Each seed: covid-multisource about 5 min, darkcovidnet-pretrained one model 2.5 min, three 7 min
-# (2 quiet bf16 cores); the whole matrix about 3 h.
+# accuracy. Resumable. Measured per training on 2 bf16 cores (Intel Xeon, often with tests beside it): covid-multisource
+# 10-15 min, darkcovidnet-pretrained one model 3.5 min; the matrix below about 2 h 30 min, plus the shipped ensemble
+# (three members, about 3 x 3.5 min a seed) on its own line. bench/hospitals.md says which rows are measured.
 HOSPITAL_SEEDS ?= 42,1,2
 HOSPITALS = $(PYTHON) bench/bench_hospitals.py --out bench/hospitals.json --seeds $(HOSPITAL_SEEDS) --experiments
-MULTI = covid-multisource
-LEFT_OUT_MONTGOMERY = $(MULTI)[sources=darkcovidnet,coronahack,hannover,jsrt]
-LEFT_OUT_JSRT = $(MULTI)[sources=darkcovidnet,coronahack,hannover,montgomery]
+ONE_PATH = preprocessing=none;resize_method=pad;jpeg_quality=90:90
 DARK1 = darkcovidnet-pretrained[members=1
 bench-hospitals:
-	$(HOSPITALS) '$(MULTI),$(MULTI)[preprocessing=none;resize_method=squish],$(MULTI)[sources=darkcovidnet,hannover,montgomery,jsrt]'
-	$(HOSPITALS) '$(LEFT_OUT_MONTGOMERY),$(LEFT_OUT_JSRT)'
-	$(HOSPITALS) '$(DARK1)],$(DARK1);preprocessing=none;resize_method=squish],$(DARK1);resize_method=squish]'
-	$(HOSPITALS) '$(DARK1);preprocessing=standardize;resize_method=pad;jpeg_quality=30:95]'
+	$(HOSPITALS) '$(DARK1)],$(DARK1);$(ONE_PATH)]'
+	$(HOSPITALS) 'covid-multisource[$(ONE_PATH)],covid-multisource[preprocessing=crop-field;resize_method=crop]'
+	$(HOSPITALS) 'covid-multisource[sources=darkcovidnet,coronahack,hannover,jsrt],covid-multisource[sources=darkcovidnet,coronahack,montgomery,jsrt]'
 	$(HOSPITALS) 'darkcovidnet-pretrained'
 
 # What a Kaggle notebook lacks (it has torch, torchvision, fastai, timm, pandas, scikit-learn, matplotlib, kaggle):
