@@ -113,11 +113,10 @@ def multisource_table(root, sources=tuple(COLLECTIONS), valid_pct=0.1, test_pct=
                         f"pass --data ROOT laid out as ../shared/data")
     out = concat_tables(tables)
     out = out[out["label"].isin(CLASSES)].reset_index(drop=True)
-    out.attrs.update(tables[0].attrs, task="3class", classes=[c for c in CLASSES if c in set(out["label"])],
+    out.attrs.update(task="3class", classes=[c for c in CLASSES if c in set(out["label"])],  # problems: concat_tables'
                      source="multisource", sources={n: str(root / COLLECTIONS[n].folder) for n in names
                                                     if n not in missing},
-                     missing_sources=missing, problems=[p for t in tables for p in t.attrs.get("problems", [])],
-                     split_method=f"each source by patient (by image where it has no patient ids), stratified, "
+                     missing_sources=missing, split_method=f"each source by patient (by image where it has no patient ids), stratified, "
                                   f"seed {seed}")
     if max_per_source:
         out = cap_split(cap_split(out, "train", max_per_source, seed), "valid", int(max_per_source * VALID_SHARE), seed)

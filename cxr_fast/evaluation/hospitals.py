@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import CxrError
-from ..data.images import is_image_file
 from ..data.labels import is_normal_class
+from ..inference.inputs import collect_inputs
 from .markdown import fmt, md_table
 from .metrics import N_BOOT, bootstrap_ci, weighted_auc
 
@@ -43,9 +43,8 @@ def model_class(classes, test, what):
 
 
 def images_in(folder):
-    "The image files under `folder`, sorted (none when it does not exist)."
-    folder = Path(folder)
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p)) if folder.is_dir() else []
+    "The image files under `folder` as predict finds them in a folder (none when it does not exist)."
+    return collect_inputs([folder])[0] if Path(folder).is_dir() else []
 
 
 def model_probs(predictor, paths, bs=32):
